@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Local stack for the demo and the tests: PostgreSQL + the SQS/KMS emulator (moto) + a dev KEK.
+#   scripts/stack.sh up       idempotent; quiet on success; installs what is missing
+#   scripts/stack.sh status   one line per component
+#   scripts/stack.sh down     stops the emulator this script started (Postgres is left running)
+# Development only. See DESIGN.md section 6 for why moto (not LocalStack) and its two patches.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$PIIVAULT_ROOT"
+
+STATE=.stack
+VENV=.venv-aws
+PINS='moto[server]==5.2.5 waitress==3.0.2'
+PG_HOST=127.0.0.1
+PG_PORT=5432
+mkdir -p "$STATE"
+
+die() { echo "stack: $*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root to run: $*"; fi; }
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+emulator_ready() { python3 - "$AWS_ENDPOINT_URL" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=2).read(1)
+PY
+}
+
+postgres_up() {
+  if port_open "$PG_HOST" "$PG_PORT"; then
+    command -v psql >/dev/null || apt_install postgresql-client
+    return 0
+  fi
+  if ! command -v pg_lsclusters >/dev/null; then
+    echo "stack: PostgreSQL not found on $PG_HOST:$PG_PORT; installing it (apt-get install postgresql)" >&2
+    apt_install postgresql
+  fi
+  local cluster ver
+  cluster=$(pg_lsclusters --no-header | head -n1)
+  [ -n "$cluster" ] || die "PostgreSQL is installed but has no cluster; create one with pg_createcluster"
+  ver=$(awk '{print $1}' <<<"$cluster")
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do port_open "$PG_HOST" "$PG_PORT" && break; sleep 1; done
+  port_open "$PG_HOST" "$PG_PORT" || die "PostgreSQL did not start on $PG_HOST:$PG_PORT; see /var/log/postgresql/"
+  # A fresh Debian cluster asks TCP clients for a password: give the superuser the dev one.
+  as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null \
+    || die "could not set the postgres password; check /var/log/postgresql/"
+}
+
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+emulator_install() {
+  [ -f "$VENV/.pins" ] && [ "$(cat "$VENV/.pins")" = "$PINS" ] && return 0
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -m venv "$VENV" || die "python3 -m venv failed"
+  fi
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PINS >"$STATE/pip.log" 2>&1 \
+    || die "installing the emulator failed; see $STATE/pip.log"
+  echo "$PINS" >"$VENV/.pins"
+}
+
+emulator_up() {
+  emulator_ready && return 0
+  emulator_install
+  local port=${AWS_ENDPOINT_URL##*:}
+  port=${port%%/*}
+  port_open 127.0.0.1 "$port" && die "port $port is taken by something that is not the emulator"
+  nohup setsid "$VENV/bin/python" scripts/moto_server.py --port "$port" >"$STATE/moto.log" 2>&1 &
+  echo $! >"$STATE/moto.pid"
+  for _ in $(seq 1 60); do emulator_ready && return 0; sleep 0.5; done
+  die "the emulator did not answer on $AWS_ENDPOINT_URL within 30 s; see $STATE/moto.log"
+}
+
+# The demo queue and the dev KMS key (moto keeps state in memory: recreated after a restart).
+aws_resources() {
+  "$VENV/bin/python" - <<'PY' || die "creating the demo queue / KMS key on the emulator failed"
+import os, boto3
+region = os.environ["AWS_REGION"]
+sqs = boto3.client("sqs", region_name=region)
+sqs.create_queue(QueueName="piivault-demo")
+kms = boto3.client("kms", region_name=region)
+alias = os.environ["PIIVAULT_DEV_KMS_ALIAS"]
+if not any(a["AliasName"] == alias for a in kms.list_aliases()["Aliases"]):
+    key = kms.create_key(Description="piivault dev key-encryption key")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName=alias, TargetKeyId=key)
+PY
+}
+
+dev_kek() {
+  [ -f "$PIIVAULT_DEV_KEK" ] && return 0
+  (umask 077 && head -c 32 /dev/urandom >"$PIIVAULT_DEV_KEK")
+}
+
+case "${1:-up}" in
+  up)
+    postgres_up
+    emulator_up
+    aws_resources
+    dev_kek
+    ;;
+  status)
+    port_open "$PG_HOST" "$PG_PORT" && echo "postgres: up ($PG_HOST:$PG_PORT)" || echo "postgres: down"
+    emulator_ready && echo "emulator: up ($AWS_ENDPOINT_URL)" || echo "emulator: down"
+    [ -f "$PIIVAULT_DEV_KEK" ] && echo "dev KEK: $PIIVAULT_DEV_KEK" || echo "dev KEK: absent"
+    ;;
+  down)
+    if [ -f "$STATE/moto.pid" ]; then kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; fi
+    ;;
+  *) die "usage: scripts/stack.sh up|status|down" ;;
+esac

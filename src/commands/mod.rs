@@ -1,0 +1,73 @@
+//! One file per `etl` subcommand, plus the [`Context`] they share. Commands orchestrate the
+//! stages; SQL lives in `store`, cryptography in `crypto` and `kek`.
+
+pub mod keys;
+pub mod migrate;
+pub mod reveal;
+pub mod run;
+pub mod seed;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::crypto::{KeyVersion, Keyring, Purpose, SealKey, TokenKey};
+use crate::error::Error;
+use crate::kek::Kek;
+use crate::store;
+
+/// What every command gets: settings and the stop signal (SIGINT/SIGTERM).
+pub struct Context {
+    /// Settings from the environment and global flags.
+    pub settings: Settings,
+    /// Cancelled on SIGINT/SIGTERM.
+    pub stop: CancellationToken,
+}
+
+impl Context {
+    /// A pool on `DATABASE_URL`.
+    pub async fn pool(&self, max_connections: u32) -> Result<PgPool, Error> {
+        let url = self.settings.database_url()?;
+        Ok(store::connect(url.expose(), "DATABASE_URL", max_connections).await?)
+    }
+
+    /// Opens the KEK named by `PIIVAULT_KEK`.
+    pub async fn kek(&self) -> Result<Kek, Error> {
+        Ok(Kek::open(&self.settings.kek_uri()?).await?)
+    }
+
+    /// Unwraps every stored data key with the KEK (once per process).
+    pub async fn keyring(&self, pool: &PgPool) -> Result<Keyring, Error> {
+        let kek = self.kek().await?;
+        let mut ring = Keyring::default();
+        for row in store::keys::list(pool).await? {
+            let purpose: Purpose = row.purpose.parse().map_err(|_| Error::BadDataKey {
+                purpose: Purpose::Seal,
+                version: KeyVersion(row.version as u32),
+            })?;
+            let version = KeyVersion(row.version as u32);
+            let plain = kek
+                .unwrap(purpose, version, &row.wrapped, &row.kek_uri)
+                .await?;
+            let bad = || Error::BadDataKey { purpose, version };
+            match purpose {
+                Purpose::Seal => {
+                    ring.add_seal(SealKey::from_unwrapped(version, &plain).ok_or_else(bad)?)
+                }
+                Purpose::Token => {
+                    ring.add_token(TokenKey::from_unwrapped(version, &plain).ok_or_else(bad)?)
+                }
+            }
+        }
+        Ok(ring)
+    }
+}
+
+/// Writes one line to stdout (results only; logs go to stderr).
+pub fn print_line(line: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

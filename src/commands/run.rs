@@ -1,0 +1,67 @@
+//! `etl run`: consume the queue (or backfill a file) into `user_logins` + vault + quarantine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{Context, print_line};
+use crate::error::Error;
+use crate::pipeline::{self, Pipeline, QueueOptions};
+use crate::source::{file, sqs::SqsQueue};
+
+/// `etl run [--drain] [--input FILE] [--concurrency N] [--wait-time-secs S]`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Exit once a receive comes back empty (after one full long poll) and print the summary.
+    #[arg(long)]
+    drain: bool,
+    /// Load a JSON array or JSON-lines file of message bodies instead of reading SQS.
+    #[arg(long, value_name = "FILE", conflicts_with = "drain")]
+    input: Option<PathBuf>,
+    /// Receivers polling the queue at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Long-poll wait per receive (SQS WaitTimeSeconds, 0–20). Lower it to make --drain end sooner.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(0..=20))]
+    wait_time_secs: i32,
+    /// Rows per transaction for --input.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+}
+
+/// Runs until the queue is drained (`--drain`), the file is loaded, or SIGINT/SIGTERM.
+pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
+    let source = match &args.input {
+        Some(path) => Some(file::read(path)?),
+        None => None,
+    };
+    let queue = match source {
+        None => Some(SqsQueue::new(ctx.settings.queue_url()?.to_owned()).await),
+        Some(_) => None,
+    };
+    let pool = ctx.pool(u32::from(args.concurrency) + 1).await?;
+    let keys = ctx.keyring(&pool).await?;
+    let pipeline = Pipeline::new(pool, keys)?;
+    let summary = match (source, queue) {
+        (Some(messages), _) => {
+            pipeline::run_messages(&pipeline, messages, args.batch_size as usize).await?
+        }
+        (None, Some(queue)) => {
+            let options = QueueOptions {
+                concurrency: usize::from(args.concurrency),
+                wait_secs: args.wait_time_secs,
+                drain: args.drain,
+            };
+            tracing::info!(
+                queue = queue.url(),
+                concurrency = options.concurrency,
+                drain = options.drain,
+                "consuming"
+            );
+            pipeline::run_queue(Arc::new(pipeline), queue, options, ctx.stop.clone()).await?
+        }
+        (None, None) => unreachable!("either a file or a queue"),
+    };
+    print_line(&serde_json::to_string(&summary).expect("a summary serialises"))
+}

@@ -1,0 +1,69 @@
+//! `etl seed`: send synthetic login events to the queue (demo and benchmarks).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Context, print_line};
+use crate::error::Error;
+use crate::source::sqs::{MAX_BATCH, SqsQueue};
+use crate::synth::{self, SynthOptions};
+
+/// Sends in parallel: the emulator and SQS both reward a few calls in flight.
+const SENDERS: usize = 4;
+
+/// `etl seed --count N [--malformed-ratio R] [--seed S]`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Number of messages to send.
+    #[arg(long)]
+    count: usize,
+    /// Share of malformed messages, 0–1 (exactly round(count × ratio) of them).
+    #[arg(long, default_value_t = 0.0)]
+    malformed_ratio: f64,
+    /// Random seed; the same seed sends the same bodies.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Generates and sends; prints `{"sent":N,"malformed":M,"seconds":S}`.
+pub async fn run(args: SeedArgs, ctx: &Context) -> Result<(), Error> {
+    if !(0.0..=1.0).contains(&args.malformed_ratio) {
+        return Err(Error::Usage(
+            "--malformed-ratio must be between 0 and 1".into(),
+        ));
+    }
+    let queue = SqsQueue::new(ctx.settings.queue_url()?.to_owned()).await;
+    let started = Instant::now();
+    let synth = synth::generate(SynthOptions {
+        count: args.count,
+        malformed_ratio: args.malformed_ratio,
+        seed: args.seed,
+    });
+    let chunks: Arc<Vec<Vec<String>>> = Arc::new(
+        synth
+            .bodies
+            .chunks(MAX_BATCH)
+            .map(<[String]>::to_vec)
+            .collect(),
+    );
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let (queue, chunks) = (queue.clone(), chunks.clone());
+        senders.spawn(async move {
+            let mut sent = 0;
+            for chunk in chunks.iter().skip(sender).step_by(SENDERS) {
+                sent += queue.send_batch(chunk).await?;
+            }
+            Ok::<usize, Error>(sent)
+        });
+    }
+    let mut sent = 0;
+    while let Some(joined) = senders.join_next().await {
+        sent += joined.expect("sender task panicked")?;
+    }
+    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    print_line(&json!({"sent": sent, "malformed": synth.malformed, "seconds": seconds}).to_string())
+}

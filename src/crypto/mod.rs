@@ -1,0 +1,13 @@
+//! Tokens and sealed values. Pure computation: no I/O, no SQL, no key storage.
+//!
+//! Keys enter only as unwrapped bytes from [`crate::kek`] and leave only as tokens and ciphertexts.
+
+mod keyring;
+mod seal;
+mod token;
+
+pub use keyring::{
+    KeyVersion, Keyring, Purpose, SealKey, TokenKey, UnknownPurpose, new_key_material,
+};
+pub use seal::{Field, OpenFailed, Sealed};
+pub use token::Token;

@@ -1,0 +1,107 @@
+//! The error a command returns, and the exit code each kind maps to (sysexits; see README).
+
+use crate::config::ConfigError;
+use crate::crypto::{KeyVersion, Purpose};
+use crate::kek::KekError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+/// Exit codes, sysexits style. Documented in README, section "Exit codes".
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Bad command line (unknown flag, missing `--reason`, …).
+    pub const USAGE: u8 = 64;
+    /// Bad data: an input file that is not JSON, a sealed value failing its integrity check.
+    pub const DATA: u8 = 65;
+    /// An input file does not exist or cannot be read.
+    pub const NO_INPUT: u8 = 66;
+    /// A service (Postgres, SQS, KMS) is unreachable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// An internal error (a bug): please report it.
+    pub const SOFTWARE: u8 = 70;
+    /// Refusing to create what exists (`keys init` with keys present).
+    pub const CANT_CREATE: u8 = 73;
+    /// Writing the output failed.
+    pub const IO: u8 = 74;
+    /// A service refused for lack of permission.
+    pub const NO_PERMISSION: u8 = 77;
+    /// Configuration: a missing variable, a bad or wrong key-encryption key, keys or schema missing.
+    pub const CONFIG: u8 = 78;
+}
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key-encryption key failed.
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// SQS or the input file failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Postgres failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The command line is valid for clap but not for us.
+    #[error("{0}")]
+    Usage(String),
+    /// `etl keys init` has not run.
+    #[error("no {0} key exists in vault.data_keys.\nRun `etl keys init` first.")]
+    NoKeys(Purpose),
+    /// `etl keys init` found keys.
+    #[error(
+        "vault.data_keys already holds {0} key(s); `etl keys init` never overwrites keys.\nSee them with `etl keys status`."
+    )]
+    KeysExist(i64),
+    /// An unwrapped data key is not 32 bytes.
+    #[error(
+        "the {purpose} key v{version} unwrapped to the wrong length; the stored key is damaged."
+    )]
+    BadDataKey {
+        purpose: Purpose,
+        version: KeyVersion,
+    },
+    /// Some revealed records failed their integrity check.
+    #[error(
+        "{failed} of {total} records failed their integrity check and were not printed (details above)."
+    )]
+    Integrity { failed: usize, total: usize },
+    /// Stdout could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        use exit::*;
+        match self {
+            Error::Config(_) | Error::NoKeys(_) => CONFIG,
+            Error::Kek(e) => match e {
+                KekError::KmsUnavailable { .. } => UNAVAILABLE,
+                KekError::KmsRefused { .. } => NO_PERMISSION,
+                _ => CONFIG,
+            },
+            Error::Source(e) => match e {
+                SourceError::Unavailable { .. } => UNAVAILABLE,
+                SourceError::NoQueue { .. } => CONFIG,
+                SourceError::Refused { .. } => NO_PERMISSION,
+                SourceError::FileRead { .. } => NO_INPUT,
+                SourceError::FileFormat { .. } => DATA,
+            },
+            Error::Store(e) => match e {
+                StoreError::Connect { .. } | StoreError::Unavailable { .. } => UNAVAILABLE,
+                StoreError::NotMigrated { .. } => CONFIG,
+                StoreError::PermissionDenied { .. } => NO_PERMISSION,
+                StoreError::Migrate(_) | StoreError::Query { .. } => SOFTWARE,
+            },
+            Error::Usage(_) => USAGE,
+            Error::KeysExist(_) => CANT_CREATE,
+            Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
+            Error::Output(_) => IO,
+        }
+    }
+}

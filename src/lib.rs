@@ -1,0 +1,29 @@
+//! piivault: SQS login events into Postgres, with `ip`/`device_id` tokenised for analysts and the
+//! originals sealed in an audited vault.
+//!
+//! Modules in data-flow order (source → decode → protect → store → ack):
+//! - [`aws`]: the AWS SDK configuration shared by SQS and KMS.
+//! - [`config`]: flags and environment turned into typed settings.
+//! - [`source`]: where messages come from (SQS, or a file for backfills) and how they are acked.
+//! - [`event`]: a message body decoded into a [`event::LoginEvent`] or a PII-free [`event::Rejection`].
+//! - [`crypto`]: deterministic tokens and sealed values; keys that zeroize. No I/O, no SQL.
+//! - [`kek`]: key-encryption keys (local file or AWS KMS) that wrap the data keys.
+//! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
+//! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
+//! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
+//! - [`synth`]: synthetic login events for the demo and benchmarks.
+//! - [`commands`]: one file per `etl` subcommand.
+//! - [`error`]: the error a command returns, and its exit code.
+
+pub mod aws;
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod event;
+pub mod kek;
+pub mod pipeline;
+pub mod protect;
+pub mod source;
+pub mod store;
+pub mod synth;

@@ -1,0 +1,108 @@
+//! `etl`: parse the command line, start logging, run one command, map its error to an exit code.
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+use piivault::commands::{Context, keys, migrate, reveal, run, seed};
+use piivault::config::Settings;
+use piivault::error::exit;
+use tokio_util::sync::CancellationToken;
+
+/// piivault's ETL: SQS login events into Postgres with ip/device_id tokenised and sealed.
+#[derive(Debug, Parser)]
+#[command(name = "etl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Key-encryption key: file:<path> or kms:<key-id|alias|arn>.
+    #[arg(long, global = true, env = "PIIVAULT_KEK")]
+    kek: Option<String>,
+    /// SQS queue URL.
+    #[arg(long, global = true, env = "SQS_QUEUE_URL")]
+    queue_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply database migrations (idempotent).
+    Migrate(migrate::MigrateArgs),
+    /// Create and list data keys.
+    Keys(keys::KeysArgs),
+    /// Send synthetic login events to the queue.
+    Seed(seed::SeedArgs),
+    /// Consume the queue (or --input a file) into user_logins, the vault and quarantine.
+    Run(run::RunArgs),
+    /// Reveal one user's original ip/device_id (audited).
+    Reveal(reveal::RevealArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::OK,
+                _ => exit::USAGE,
+            });
+        }
+    };
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    let mut settings = Settings::from_env();
+    settings.kek = cli.kek.or(settings.kek);
+    settings.queue_url = cli.queue_url.or(settings.queue_url);
+    let result = runtime.block_on(async {
+        let ctx = Context {
+            settings,
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(stop_on_signal(ctx.stop.clone()));
+        match cli.command {
+            Command::Migrate(args) => migrate::run(args, &ctx).await,
+            Command::Keys(args) => keys::run(args, &ctx).await,
+            Command::Seed(args) => seed::run(args, &ctx).await,
+            Command::Run(args) => run::run(args, &ctx).await,
+            Command::Reveal(args) => reveal::run(args, &ctx).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info for piivault, warnings for libraries).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,piivault=info,etl=info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// First SIGINT/SIGTERM: stop receiving, finish in-flight batches. A second one exits at once.
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("stopping: finishing in-flight batches (signal again to abort)");
+    stop.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    std::process::exit(130);
+}

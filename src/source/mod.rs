@@ -1,0 +1,57 @@
+//! Where messages come from: an SQS queue ([`sqs`]) or a file for backfills ([`file`]).
+
+pub mod file;
+pub mod sqs;
+
+use chrono::{DateTime, Utc};
+
+/// One message as received, before decoding. The body may hold PII: never log it.
+pub struct Received {
+    /// SQS `MessageId`, or an id derived from the file's content; the idempotency key.
+    pub message_id: String,
+    /// SQS receipt handle for the delete; `None` for file input.
+    pub receipt_handle: Option<String>,
+    /// When the producer sent it (SQS `SentTimestamp`); `create_date` is its UTC date.
+    pub sent_at: DateTime<Utc>,
+    /// The raw body.
+    pub body: String,
+}
+
+/// Failures receiving, deleting or reading input. Never carries message bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// SQS could not be reached.
+    #[error(
+        "SQS is unreachable ({operation} on {queue}): {detail}.\nCheck SQS_QUEUE_URL, AWS_ENDPOINT_URL / AWS_REGION and the network, then retry."
+    )]
+    Unavailable {
+        operation: &'static str,
+        queue: String,
+        detail: String,
+    },
+    /// The queue does not exist.
+    #[error(
+        "the SQS queue {queue} does not exist ({detail}).\nCheck SQS_QUEUE_URL (and AWS_REGION)."
+    )]
+    NoQueue { queue: String, detail: String },
+    /// SQS refused the call.
+    #[error(
+        "SQS refused {operation} on {queue}: {detail}.\nCheck that this identity may call sqs:{operation} on the queue."
+    )]
+    Refused {
+        operation: &'static str,
+        queue: String,
+        detail: String,
+    },
+    /// The input file cannot be read.
+    #[error("cannot read the input file {path}: {source}")]
+    FileRead {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The input file is neither a JSON array nor JSON lines.
+    #[error(
+        "the input file {path} is not a JSON array of message bodies ({detail}).\nGive a JSON array, or one JSON body per line."
+    )]
+    FileFormat { path: String, detail: String },
+}
