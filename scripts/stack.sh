@@ -3,6 +3,7 @@
 #   scripts/stack.sh up       idempotent; quiet on success; installs what is missing
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh down     stops the emulator this script started (Postgres is left running)
+#   scripts/stack.sh queue N  creates queue N on the emulator (idempotent) and prints its URL
 # Development only. See DESIGN.md section 6 for why moto (not LocalStack) and its two patches.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -75,14 +76,11 @@ emulator_up() {
   die "the emulator did not answer on $AWS_ENDPOINT_URL within 30 s; see $STATE/moto.log"
 }
 
-# The demo queue and the dev KMS key (moto keeps state in memory: recreated after a restart).
+# The dev KMS key (moto keeps state in memory: recreated after a restart).
 aws_resources() {
-  "$VENV/bin/python" - <<'PY' || die "creating the demo queue / KMS key on the emulator failed"
+  "$VENV/bin/python" - <<'PY' || die "creating the dev KMS key on the emulator failed"
 import os, boto3
-region = os.environ["AWS_REGION"]
-sqs = boto3.client("sqs", region_name=region)
-sqs.create_queue(QueueName="piivault-demo")
-kms = boto3.client("kms", region_name=region)
+kms = boto3.client("kms", region_name=os.environ["AWS_REGION"])
 alias = os.environ["PIIVAULT_DEV_KMS_ALIAS"]
 if not any(a["AliasName"] == alias for a in kms.list_aliases()["Aliases"]):
     key = kms.create_key(Description="piivault dev key-encryption key")["KeyMetadata"]["KeyId"]
@@ -107,8 +105,17 @@ case "${1:-up}" in
     emulator_ready && echo "emulator: up ($AWS_ENDPOINT_URL)" || echo "emulator: down"
     [ -f "$PIIVAULT_DEV_KEK" ] && echo "dev KEK: $PIIVAULT_DEV_KEK" || echo "dev KEK: absent"
     ;;
+  queue)
+    [ -n "${2:-}" ] || die "usage: scripts/stack.sh queue NAME"
+    emulator_ready || die "the emulator is not running; run scripts/stack.sh up"
+    "$VENV/bin/python" - "$2" <<'PY' || die "creating queue $2 failed"
+import os, sys, boto3
+sqs = boto3.client("sqs", region_name=os.environ["AWS_REGION"])
+print(sqs.create_queue(QueueName=sys.argv[1])["QueueUrl"])
+PY
+    ;;
   down)
     if [ -f "$STATE/moto.pid" ]; then kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; fi
     ;;
-  *) die "usage: scripts/stack.sh up|status|down" ;;
+  *) die "usage: scripts/stack.sh up|status|down|queue NAME" ;;
 esac

@@ -21,6 +21,11 @@ pub enum ConfigError {
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: String) -> DatabaseUrl {
+        DatabaseUrl(url)
+    }
+
     /// The URL to connect with.
     pub fn expose(&self) -> &str {
         &self.0

@@ -73,7 +73,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line: what failed, then what to do.
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::from(e.exit_code())
         }
     }

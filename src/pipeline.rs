@@ -100,9 +100,9 @@ impl Pipeline {
         }
     }
 
-    /// Stores one batch in one transaction and commits. Returns the counts, the number of
-    /// in-batch repeats, and the index of the newest delivery of each distinct message.
-    async fn store(&self, batch: &[Received]) -> Result<(BatchCounts, Vec<usize>), Error> {
+    /// Stores one batch in one transaction and commits; the caller acks afterwards. Returns the
+    /// counts and the index of the newest delivery of each distinct message (the ones to delete).
+    pub async fn store(&self, batch: &[Received]) -> Result<(BatchCounts, Vec<usize>), Error> {
         let newest = newest_deliveries(batch);
         let keys = self.write_keys();
         let now = Utc::now();

@@ -176,10 +176,8 @@ fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
     Ok(())
 }
 
-/// The OS user running the command, for the audit row.
+/// The OS account running the command, for the audit row (from the system, not `$USER`,
+/// which the caller controls).
 fn os_user() -> String {
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    whoami::account().unwrap_or_else(|_| "unknown".into())
 }

@@ -25,6 +25,11 @@ impl SqsQueue {
         SqsQueue { client, url }
     }
 
+    /// A queue reached through a client the caller configured.
+    pub fn with_client(client: aws_sdk_sqs::Client, url: String) -> SqsQueue {
+        SqsQueue { client, url }
+    }
+
     /// The queue URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# End-to-end demo on the local stack: stack up → build → migrate → keys init → seed 1,000 events
+# (2 % malformed) → run --drain → show user_logins rows, a duplicate-device query, quarantine,
+# and one audited reveal. Uses a fresh database (piivault_demo) and a fresh queue every time.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$PIIVAULT_ROOT"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "local stack (Postgres, SQS/KMS emulator, dev KEK)"
+bash scripts/stack.sh up
+bash scripts/stack.sh status
+
+step "build (release)"
+cargo build --release --locked --quiet
+etl=target/release/etl
+
+export DATABASE_URL="${PIIVAULT_PG_ADMIN_URL%/*}/piivault_demo"
+export PIIVAULT_KEK="file:$PIIVAULT_DEV_KEK"
+export SQS_QUEUE_URL
+SQS_QUEUE_URL=$(bash scripts/stack.sh queue "piivault-demo-$(date +%s)")
+psql "$PIIVAULT_PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS piivault_demo WITH (FORCE)" -c "CREATE DATABASE piivault_demo"
+sql() { psql "$DATABASE_URL" -P pager=off "$@"; }
+
+step "etl migrate"
+$etl migrate
+step "etl keys init / status"
+$etl keys init
+$etl keys status
+step "etl seed --count 1000 --malformed-ratio 0.02 --seed 42"
+$etl seed --count 1000 --malformed-ratio 0.02 --seed 42
+step "etl run --drain (summary line on stdout)"
+$etl run --drain --wait-time-secs 2
+
+step "user_logins: what analysts see (tokens, never originals)"
+sql -c "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date
+        FROM user_logins ORDER BY received_at, message_id LIMIT 5"
+step "duplicate devices: one device token shared by several users"
+sql -c "SELECT masked_device_id, count(DISTINCT user_id) AS users, count(*) AS logins
+        FROM user_logins GROUP BY 1 HAVING count(DISTINCT user_id) > 1 ORDER BY users DESC, 1 LIMIT 5"
+step "quarantine: rejected messages, body sealed, reason in clear"
+sql -c "SELECT reason, count(*) FROM etl.quarantine GROUP BY 1 ORDER BY 2 DESC"
+
+user=$(sql -Atc "SELECT user_id FROM user_logins WHERE masked_device_id =
+         (SELECT masked_device_id FROM user_logins GROUP BY 1 ORDER BY count(DISTINCT user_id) DESC LIMIT 1)
+       ORDER BY user_id LIMIT 1")
+step "auditor: etl reveal --user-id $user --reason 'demo: duplicate device investigation'"
+$etl reveal --user-id "$user" --reason "demo: duplicate device investigation" --format table
+step "the audit row the reveal left (committed before the output above)"
+sql -c "SELECT id, at, db_role, actor, user_id, reason, records FROM vault.reveal_audit ORDER BY id"

@@ -1,0 +1,104 @@
+//! The AWS KMS key-encryption key, against the emulator's KMS.
+
+use crate::support::{Etl, TestDb, env, queue, sample_path, stack};
+
+async fn kms_key() -> String {
+    stack();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(env("AWS_ENDPOINT_URL"))
+        .region(aws_config::Region::new(env("AWS_REGION")))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "piivault-tests",
+        ))
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::new(&config);
+    kms.create_key()
+        .description("piivault test KEK")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
+    let db = TestDb::new().await;
+    let key = kms_key().await;
+    let kek = format!("kms:{key}");
+    let etl = Etl::new(&db.url, &queue(30).await, &kek);
+    etl.run(&["migrate"]).await.ok();
+    let init = etl.run(&["keys", "init"]).await.json();
+    assert_eq!(init["kek"], kek.as_str());
+    let stored: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT kek_uri, wrapped FROM vault.data_keys")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .all(|(uri, wrapped)| uri == &kek && wrapped.len() > 32)
+    );
+
+    let summary = etl
+        .run(&["run", "--input", sample_path().to_str().unwrap()])
+        .await
+        .json();
+    assert_eq!(summary["loaded"], 99);
+    let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+    let reveal = etl
+        .run(&["reveal", "--user-id", user, "--reason", "kms check"])
+        .await;
+    reveal.ok();
+    assert!(
+        reveal.stdout.contains("199.172.111.135"),
+        "{}",
+        reveal.stdout
+    );
+
+    let other = format!("kms:{}", kms_key().await);
+    let refused = etl
+        .clone()
+        .with("PIIVAULT_KEK", &other)
+        .run(&["reveal", "--user-id", user, "--reason", "wrong key"])
+        .await;
+    assert!(
+        refused.code == 77 || refused.code == 78,
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("KMS") || refused.stderr.contains("cannot unwrap"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(refused.stdout, "");
+
+    let unreachable = etl
+        .clone()
+        .with("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .run(&["reveal", "--user-id", user, "--reason", "offline"])
+        .await;
+    assert_eq!(unreachable.code, 69, "{}", unreachable.stderr);
+    assert!(
+        unreachable
+            .stderr
+            .contains("AWS KMS is unreachable (Decrypt"),
+        "{}",
+        unreachable.stderr
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM vault.reveal_audit").await,
+        1,
+        "only the successful reveal"
+    );
+    db.drop_db().await;
+}

@@ -1,0 +1,127 @@
+//! Loading the canonical sample through SQS and through --input.
+
+use std::collections::HashMap;
+
+use crate::support::{Setup, queue_depth, sample_bodies, sample_path, send};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sample_via_sqs_loads_99_rows_and_quarantines_1() {
+    let s = Setup::new().await;
+    let bodies = sample_bodies();
+    assert_eq!(bodies.len(), 100);
+    send(&s.queue, &bodies).await;
+
+    let summary = s.drain().await;
+    assert_eq!(summary["received"], 100);
+    assert_eq!(summary["loaded"], 99);
+    assert_eq!(summary["quarantined"], 1);
+    assert_eq!(summary["duplicates"], 0);
+    assert_eq!(summary["deleted"], 100);
+    assert_eq!(
+        queue_depth(&s.queue).await,
+        0,
+        "every message deleted after commit"
+    );
+
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 99);
+    assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, 99);
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 1);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE locale IS NULL")
+            .await,
+        29
+    );
+    assert_eq!(
+        s.db.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        99
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 1")
+            .await,
+        99
+    );
+    let reason: String = sqlx::query_scalar("SELECT reason FROM etl.quarantine")
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason, "user_id is missing or null");
+
+    // app_version_text is the exact input; app_version its documented integer.
+    let expected: HashMap<String, Option<String>> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .filter(|v| v.get("user_id").is_some())
+        .map(|v| {
+            (
+                v["user_id"].as_str().unwrap().to_owned(),
+                v["app_version"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let rows: Vec<(String, Option<String>, Option<i32>)> =
+        sqlx::query_as("SELECT user_id, app_version_text, app_version FROM user_logins")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.len(),
+        expected.len(),
+        "user ids in the sample are distinct"
+    );
+    for (user, text, number) in rows {
+        assert_eq!(text, expected[&user], "app_version_text of {user}");
+        assert_eq!(
+            number,
+            text.as_deref()
+                .and_then(piivault::event::app_version_number)
+        );
+    }
+    let v230: Option<i32> = sqlx::query_scalar(
+        "SELECT app_version FROM user_logins WHERE app_version_text = '2.3.0' LIMIT 1",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(v230, Some(2_003_000));
+    // create_date is the UTC date of SentTimestamp: today, for messages just sent.
+    let today =
+        s.db.count(
+            "SELECT count(*) FROM user_logins WHERE create_date = (now() AT TIME ZONE 'UTC')::date",
+        )
+        .await;
+    assert_eq!(today, 99);
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_file_loads_once_and_a_second_load_adds_nothing() {
+    let s = Setup::new().await;
+    let path = sample_path();
+    let path = path.to_str().unwrap();
+    let first = s.etl.run(&["run", "--input", path]).await.json();
+    assert_eq!(
+        (
+            first["received"].as_u64(),
+            first["loaded"].as_u64(),
+            first["quarantined"].as_u64()
+        ),
+        (Some(100), Some(99), Some(1))
+    );
+    let second = s
+        .etl
+        .run(&["run", "--input", path, "--batch-size", "7"])
+        .await
+        .json();
+    assert_eq!(second["loaded"], 0);
+    assert_eq!(second["quarantined"], 0);
+    assert_eq!(second["duplicates"], 100);
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 99);
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 1);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE locale IS NULL")
+            .await,
+        29
+    );
+    s.db.drop_db().await;
+}

@@ -1,0 +1,12 @@
+//! Integration tests against real Postgres and the SQS/KMS emulator, through the real `etl`
+//! binary. Each test has its own database, queue and key-encryption key.
+
+mod support;
+
+mod errors;
+mod kms;
+mod load;
+mod migrate;
+mod privacy;
+mod redelivery;
+mod reveal;

@@ -1,0 +1,348 @@
+//! Test harness: starts the local stack once (scripts/stack.sh up, idempotent), then gives each
+//! test its own database, queue and key-encryption key, and runs the real `etl` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const DEFAULTS: [(&str, &str); 6] = [
+    ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    (
+        "PIIVAULT_PG_ADMIN_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    ),
+];
+
+/// Starts Postgres + the emulator if needed (scripts/stack.sh up is idempotent and quick).
+pub fn stack() {
+    static UP: Once = Once::new();
+    UP.call_once(|| {
+        let out = std::process::Command::new("bash")
+            .arg(Path::new(ROOT).join("scripts/stack.sh"))
+            .arg("up")
+            .output()
+            .expect("cannot run scripts/stack.sh");
+        assert!(
+            out.status.success(),
+            "scripts/stack.sh up failed; the tests need Postgres and the SQS/KMS emulator:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A local-stack setting: from the environment, else the default of scripts/env.sh.
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            let (_, value) = DEFAULTS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("a known setting");
+            (*value).to_owned()
+        })
+}
+
+/// A unique name for this process and call.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh database, dropped when the test calls [`TestDb::drop_db`] (leftovers are removed by
+/// scripts/test.sh before each run).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        stack();
+        let admin_url = env("PIIVAULT_PG_ADMIN_URL");
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .expect("cannot connect to PIIVAULT_PG_ADMIN_URL");
+        let name = unique("pv_test");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("PIIVAULT_PG_ADMIN_URL has no database part"),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb { name, url, pool }
+    }
+
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(&env("PIIVAULT_PG_ADMIN_URL"))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// A fresh local KEK file (mode 0600) in its own temporary directory.
+pub struct TestKek {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestKek {
+    pub fn new() -> TestKek {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.bin");
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        TestKek { _dir: dir, path }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    stack();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(env("AWS_ENDPOINT_URL"))
+        .region(aws_config::Region::new(env("AWS_REGION")))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "piivault-tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// A fresh queue; `visibility_secs` sets its default visibility timeout.
+pub async fn queue(visibility_secs: u32) -> String {
+    let name = unique("pv").replace('_', "-");
+    sqs()
+        .await
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_secs.to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+/// Sends bodies, ten per call.
+pub async fn send(queue_url: &str, bodies: &[String]) {
+    let client = sqs().await;
+    for chunk in bodies.chunks(10) {
+        let entries = chunk.iter().enumerate().map(|(i, body)| {
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .build()
+                .unwrap()
+        });
+        let out = client
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.successful().len(), chunk.len());
+    }
+}
+
+/// Visible + in-flight messages left on a queue.
+pub async fn queue_depth(queue_url: &str) -> i64 {
+    let attrs = sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    attrs.values().map(|v| v.parse::<i64>().unwrap()).sum()
+}
+
+/// The canonical sample: 100 message bodies (99 logins, one malformed).
+pub fn sample_bodies() -> Vec<String> {
+    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    items.iter().map(|v| v.to_string()).collect()
+}
+
+pub fn sample_path() -> PathBuf {
+    Path::new(ROOT).join("tests/fixtures/sample_logins.json")
+}
+
+/// The outcome of one `etl` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and parses the last stdout line as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.code, 0,
+            "etl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        serde_json::from_str(self.stdout.lines().last().expect("no output")).unwrap()
+    }
+
+    pub fn ok(&self) -> &Run {
+        assert_eq!(
+            self.code, 0,
+            "etl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// An `etl` invocation environment: database, queue, KEK.
+#[derive(Clone, Default)]
+pub struct Etl {
+    pub vars: Vec<(String, String)>,
+    pub removed: Vec<String>,
+}
+
+impl Etl {
+    pub fn new(db_url: &str, queue_url: &str, kek_uri: &str) -> Etl {
+        Etl::default()
+            .with("DATABASE_URL", db_url)
+            .with("SQS_QUEUE_URL", queue_url)
+            .with("PIIVAULT_KEK", kek_uri)
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Etl {
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn without(mut self, name: &str) -> Etl {
+        self.removed.push(name.into());
+        self
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        stack();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+        cmd.args(args).stdin(Stdio::null());
+        for name in [
+            "DATABASE_URL",
+            "SQS_QUEUE_URL",
+            "PIIVAULT_KEK",
+            "PIIVAULT_REVEAL_DATABASE_URL",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(name);
+        }
+        cmd.envs(DEFAULTS.iter().map(|(name, _)| (*name, env(name))));
+        cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        for name in &self.removed {
+            cmd.env_remove(name);
+        }
+        let out = cmd.output().await.expect("cannot start etl");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A migrated database with keys, a queue and a KEK: the usual starting point.
+pub struct Setup {
+    pub db: TestDb,
+    pub queue: String,
+    pub kek: TestKek,
+    pub etl: Etl,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        Setup::with_visibility(30).await
+    }
+
+    pub async fn with_visibility(visibility_secs: u32) -> Setup {
+        let db = TestDb::new().await;
+        let queue = queue(visibility_secs).await;
+        let kek = TestKek::new();
+        let etl = Etl::new(&db.url, &queue, &kek.uri());
+        etl.run(&["migrate"]).await.ok();
+        etl.run(&["keys", "init"]).await.ok();
+        Setup {
+            db,
+            queue,
+            kek,
+            etl,
+        }
+    }
+
+    /// `etl run --drain` with a short long poll, so the test ends soon after the queue empties.
+    pub async fn drain(&self) -> serde_json::Value {
+        self.etl
+            .run(&["run", "--drain", "--wait-time-secs", "2"])
+            .await
+            .json()
+    }
+}
