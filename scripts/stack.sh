@@ -65,8 +65,8 @@ emulator_install() {
 }
 
 emulator_up() {
+  emulator_install # the venv also runs the set-up scripts, even when another checkout serves the port
   emulator_ready && return 0
-  emulator_install
   local port=${AWS_ENDPOINT_URL##*:}
   port=${port%%/*}
   port_open 127.0.0.1 "$port" && die "port $port is taken by something that is not the emulator"
@@ -108,6 +108,7 @@ case "${1:-up}" in
   queue)
     [ -n "${2:-}" ] || die "usage: scripts/stack.sh queue NAME"
     emulator_ready || die "the emulator is not running; run scripts/stack.sh up"
+    emulator_install
     "$VENV/bin/python" - "$2" <<'PY' || die "creating queue $2 failed"
 import os, sys, boto3
 sqs = boto3.client("sqs", region_name=os.environ["AWS_REGION"])
