@@ -1,5 +1,7 @@
 //! `etl seed`: send synthetic login events to the queue (demo and benchmarks).
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +16,7 @@ use crate::synth::{self, SynthOptions};
 /// Sends in parallel: the emulator and SQS both reward a few calls in flight.
 const SENDERS: usize = 4;
 
-/// `etl seed --count N [--malformed-ratio R] [--seed S]`.
+/// `etl seed --count N [--malformed-ratio R] [--seed S] [--output FILE]`.
 #[derive(Debug, Args)]
 pub struct SeedArgs {
     /// Number of messages to send.
@@ -26,6 +28,9 @@ pub struct SeedArgs {
     /// Random seed; the same seed sends the same bodies.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write the bodies to FILE (JSON lines, for `etl run --input`) instead of sending them.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// Generates and sends; prints `{"sent":N,"malformed":M,"seconds":S}`.
@@ -35,13 +40,21 @@ pub async fn run(args: SeedArgs, ctx: &Context) -> Result<(), Error> {
             "--malformed-ratio must be between 0 and 1".into(),
         ));
     }
-    let queue = SqsQueue::new(ctx.settings.queue_url()?.to_owned()).await;
     let started = Instant::now();
     let synth = synth::generate(SynthOptions {
         count: args.count,
         malformed_ratio: args.malformed_ratio,
         seed: args.seed,
     });
+    if let Some(path) = &args.output {
+        write_lines(path, &synth.bodies)?;
+        let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+        return print_line(
+            &json!({"written": synth.bodies.len(), "malformed": synth.malformed, "file": path, "seconds": seconds})
+                .to_string(),
+        );
+    }
+    let queue = SqsQueue::new(ctx.settings.queue_url()?.to_owned()).await;
     let chunks: Arc<Vec<Vec<String>>> = Arc::new(
         synth
             .bodies
@@ -66,4 +79,14 @@ pub async fn run(args: SeedArgs, ctx: &Context) -> Result<(), Error> {
     }
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     print_line(&json!({"sent": sent, "malformed": synth.malformed, "seconds": seconds}).to_string())
+}
+
+fn write_lines(path: &std::path::Path, bodies: &[String]) -> Result<(), Error> {
+    let file = std::fs::File::create(path)?;
+    let mut out = std::io::BufWriter::new(file);
+    for body in bodies {
+        writeln!(out, "{body}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
