@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::crypto::{Field, KeyVersion, SealKey, Sealed, Token, TokenKey};
-use crate::event::{self, LoginEvent, Rejection};
+use crate::event::{self, LoginEvent, Pii, Rejection};
 use crate::source::Received;
 
 /// The active keys new rows are written with.
@@ -81,25 +81,12 @@ fn protect_login(
     let (masked_ip, ip_sealed) = login
         .ip
         .as_ref()
-        .map(|ip| {
-            let token = keys.token.token(Field::Ip, ip.canonical());
-            (
-                token,
-                keys.seal.seal(id, Field::Ip, ip.original().as_bytes()),
-            )
-        })
+        .map(|ip| protect_pii(keys, id, Field::Ip, ip))
         .unzip();
     let (masked_device_id, device_id_sealed) = login
         .device_id
         .as_ref()
-        .map(|device| {
-            let token = keys.token.token(Field::DeviceId, device.canonical());
-            (
-                token,
-                keys.seal
-                    .seal(id, Field::DeviceId, device.original().as_bytes()),
-            )
-        })
+        .map(|device| protect_pii(keys, id, Field::DeviceId, device))
         .unzip();
     ProtectedLogin {
         message_id: message.message_id.clone(),
@@ -120,6 +107,21 @@ fn protect_login(
         create_date: message.sent_at.date_naive(),
         received_at,
     }
+}
+
+/// The token of the canonical form and the sealed original.
+fn protect_pii(
+    keys: WriteKeys<'_>,
+    message_id: &str,
+    field: Field,
+    value: &Pii,
+) -> (Token, Sealed) {
+    let token = keys.token.token(field, value.canonical());
+    (
+        token,
+        keys.seal
+            .seal(message_id, field, value.original().as_bytes()),
+    )
 }
 
 fn quarantine(

@@ -2,6 +2,7 @@
 //!
 //! Keys enter only as unwrapped bytes from [`crate::kek`] and leave only as tokens and ciphertexts.
 
+pub mod aead;
 mod keyring;
 mod seal;
 mod token;

@@ -5,15 +5,12 @@
 
 use std::fmt;
 
-use aes_gcm_siv::aead::{Aead, Generate, KeyInit, Payload};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use zeroize::Zeroizing;
 
+use super::aead;
 use super::keyring::{KeyVersion, Keyring, SealKey};
 
 const VERSION_LEN: usize = 4;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 
 /// Which value of a message a sealed value holds; part of the AAD (and of token input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,44 +95,22 @@ fn aad(message_id: &str, field: Field, version: KeyVersion) -> Vec<u8> {
 impl SealKey {
     /// Seals one value of one message under a fresh random nonce.
     pub fn seal(&self, message_id: &str, field: Field, plaintext: &[u8]) -> Sealed {
-        let cipher = Aes256GcmSiv::new((&*self.bytes).into());
-        let nonce = Nonce::generate();
-        let aad = aad(message_id, field, self.version);
-        let ciphertext = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM-SIV encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(VERSION_LEN + NONCE_LEN + ciphertext.len());
+        let mut out =
+            Vec::with_capacity(VERSION_LEN + aead::NONCE_LEN + plaintext.len() + aead::TAG_LEN);
         out.extend_from_slice(&self.version.0.to_be_bytes());
-        out.extend_from_slice(nonce.as_slice());
-        out.extend_from_slice(&ciphertext);
+        aead::encrypt_into(
+            &mut out,
+            &self.bytes,
+            &aad(message_id, field, self.version),
+            plaintext,
+        );
         Sealed(out)
     }
 
     /// Opens a value sealed by this key for this message and field.
     fn open(&self, message_id: &str, field: Field, sealed: &Sealed) -> Option<Zeroizing<Vec<u8>>> {
         let rest = sealed.0.get(VERSION_LEN..)?;
-        if rest.len() < NONCE_LEN + TAG_LEN {
-            return None;
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let cipher = Aes256GcmSiv::new((&*self.bytes).into());
-        let aad = aad(message_id, field, self.version);
-        cipher
-            .decrypt(
-                &Nonce::try_from(nonce).ok()?,
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .ok()
-            .map(Zeroizing::new)
+        aead::decrypt(&self.bytes, &aad(message_id, field, self.version), rest)
     }
 }
 

@@ -3,16 +3,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use aes_gcm_siv::aead::{Aead, Generate, KeyInit, Payload};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use zeroize::Zeroizing;
 
 use super::{KekError, context};
-use crate::crypto::{KeyVersion, Purpose};
+use crate::crypto::{KeyVersion, Purpose, aead};
 
-const NONCE_LEN: usize = 12;
-
-/// A local KEK, loaded and checked. Wraps with AES-256-GCM-SIV, the context as AAD.
+/// A local KEK, loaded and checked. Wraps with AES-256-GCM-SIV ([`aead`]), the context as AAD.
 pub struct LocalKek {
     path: PathBuf,
     key: Zeroizing<[u8; 32]>,
@@ -57,19 +53,9 @@ impl LocalKek {
     }
 
     pub(super) fn wrap(&self, purpose: Purpose, version: KeyVersion, plain: &[u8]) -> Vec<u8> {
-        let nonce = Nonce::generate();
-        let aad = aad(purpose, version);
-        let ciphertext = self
-            .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM-SIV encryption of an in-memory buffer cannot fail");
-        [nonce.as_slice(), &ciphertext].concat()
+        let mut out = Vec::new();
+        aead::encrypt_into(&mut out, &self.key, &aad(purpose, version), plain);
+        out
     }
 
     pub(super) fn unwrap(
@@ -78,25 +64,7 @@ impl LocalKek {
         version: KeyVersion,
         wrapped: &[u8],
     ) -> Option<Zeroizing<Vec<u8>>> {
-        if wrapped.len() < NONCE_LEN {
-            return None;
-        }
-        let (nonce, ciphertext) = wrapped.split_at(NONCE_LEN);
-        let aad = aad(purpose, version);
-        self.cipher()
-            .decrypt(
-                &Nonce::try_from(nonce).ok()?,
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .ok()
-            .map(Zeroizing::new)
-    }
-
-    fn cipher(&self) -> Aes256GcmSiv {
-        Aes256GcmSiv::new((&*self.key).into())
+        aead::decrypt(&self.key, &aad(purpose, version), wrapped)
     }
 }
 

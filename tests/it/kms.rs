@@ -1,22 +1,9 @@
 //! The AWS KMS key-encryption key, against the emulator's KMS.
 
-use crate::support::{Etl, TestDb, env, queue, sample_path, stack};
+use crate::support::{Etl, TestDb, aws_config, queue, sample_path};
 
 async fn kms_key() -> String {
-    stack();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(env("AWS_ENDPOINT_URL"))
-        .region(aws_config::Region::new(env("AWS_REGION")))
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "piivault-tests",
-        ))
-        .load()
-        .await;
-    let kms = aws_sdk_kms::Client::new(&config);
+    let kms = aws_sdk_kms::Client::new(&aws_config().await);
     kms.create_key()
         .description("piivault test KEK")
         .send()

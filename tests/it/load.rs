@@ -12,11 +12,12 @@ async fn sample_via_sqs_loads_99_rows_and_quarantines_1() {
     send(&s.queue, &bodies).await;
 
     let summary = s.drain().await;
-    assert_eq!(summary["received"], 100);
-    assert_eq!(summary["loaded"], 99);
-    assert_eq!(summary["quarantined"], 1);
-    assert_eq!(summary["duplicates"], 0);
-    assert_eq!(summary["deleted"], 100);
+    let n = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!(n("loaded"), 99);
+    assert_eq!(n("quarantined"), 1);
+    // SQS (and the emulator) may deliver a message twice; count distinct outcomes, not deliveries.
+    assert_eq!(n("received"), 100 + n("duplicates"), "{summary}");
+    assert!(n("deleted") >= 100, "{summary}");
     assert_eq!(
         queue_depth(&s.queue).await,
         0,

@@ -44,11 +44,15 @@ async fn redelivered_messages_are_counted_as_duplicates_not_loaded_twice() {
     // The visibility timeout expires; the real consumer gets every message again.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let summary = s.drain().await;
-    assert_eq!(summary["received"], 30);
-    assert_eq!(summary["loaded"], 0);
-    assert_eq!(summary["quarantined"], 0);
-    assert_eq!(summary["duplicates"], 30);
-    assert_eq!(summary["deleted"], 30);
+    let n = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!((n("loaded"), n("quarantined")), (0, 0), "{summary}");
+    assert!(n("received") >= 30, "every message came back: {summary}");
+    assert_eq!(
+        n("duplicates"),
+        n("received"),
+        "every delivery was a duplicate: {summary}"
+    );
+    assert!(n("deleted") >= 30, "{summary}");
     assert_eq!(queue_depth(&s.queue).await, 0);
     let after = s
         .db

@@ -146,9 +146,10 @@ impl TestKek {
     }
 }
 
-pub async fn sqs() -> aws_sdk_sqs::Client {
+/// SDK configuration for the test's own SQS/KMS clients, pointed at the emulator.
+pub async fn aws_config() -> aws_config::SdkConfig {
     stack();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(env("AWS_ENDPOINT_URL"))
         .region(aws_config::Region::new(env("AWS_REGION")))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
@@ -159,8 +160,11 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
             "piivault-tests",
         ))
         .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
+        .await
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_config().await)
 }
 
 /// A fresh queue; `visibility_secs` sets its default visibility timeout.
