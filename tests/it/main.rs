@@ -10,3 +10,4 @@ mod migrate;
 mod privacy;
 mod redelivery;
 mod reveal;
+mod shutdown;

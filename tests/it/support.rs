@@ -54,6 +54,14 @@ pub fn env(name: &str) -> String {
         })
 }
 
+/// The local-stack variables a child process needs (AWS endpoint, region, dummy credentials).
+pub fn stack_env() -> Vec<(&'static str, String)> {
+    DEFAULTS
+        .iter()
+        .map(|(name, _)| (*name, env(name)))
+        .collect()
+}
+
 /// A unique name for this process and call.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -300,7 +308,7 @@ impl Etl {
         ] {
             cmd.env_remove(name);
         }
-        cmd.envs(DEFAULTS.iter().map(|(name, _)| (*name, env(name))));
+        cmd.envs(stack_env());
         cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
         for name in &self.removed {
             cmd.env_remove(name);

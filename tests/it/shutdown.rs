@@ -1,0 +1,62 @@
+//! `etl run` without --drain polls until SIGTERM, then finishes its batches and exits 0.
+
+use std::time::Duration;
+
+use crate::support::{Setup, queue_depth, sample_bodies, send};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_polling_commits_and_prints_the_summary() {
+    let s = Setup::new().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+    cmd.args(["run", "--wait-time-secs", "20"])
+        .stdin(std::process::Stdio::null());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.env_clear().envs(s.etl.vars.iter().map(|(k, v)| (k, v)));
+    cmd.envs(crate::support::stack_env());
+    let child = cmd.spawn().unwrap();
+
+    send(&s.queue, &sample_bodies()).await;
+    // Wait until everything is loaded (the process keeps long-polling afterwards).
+    for _ in 0..100 {
+        let stored =
+            s.db.count(
+                "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM etl.quarantine)",
+            )
+            .await;
+        if stored == 100 && queue_depth(&s.queue).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let started = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a pending long poll does not delay shutdown"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (summary["loaded"].as_u64(), summary["quarantined"].as_u64()),
+        (Some(99), Some(1))
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
+    s.db.drop_db().await;
+}
