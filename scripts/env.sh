@@ -10,5 +10,7 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 export AWS_EC2_METADATA_DISABLED=true
 # Superuser URL used to create the demo and test databases (trust auth or the password below).
 export PIIVAULT_PG_ADMIN_URL="${PIIVAULT_PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+# The queue scripts/stack.sh up creates, for trying etl by hand (the demo and tests make their own).
+export SQS_QUEUE_URL="${SQS_QUEUE_URL:-${AWS_ENDPOINT_URL%/}/123456789012/piivault-demo}"
 export PIIVAULT_DEV_KEK="${PIIVAULT_DEV_KEK:-$PIIVAULT_ROOT/keys-dev/kek.bin}"
 export PIIVAULT_DEV_KMS_ALIAS="${PIIVAULT_DEV_KMS_ALIAS:-alias/piivault-dev}"

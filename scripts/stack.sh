@@ -30,20 +30,25 @@ postgres_up() {
     command -v psql >/dev/null || apt_install postgresql-client
     return 0
   fi
+  local installed=no
   if ! command -v pg_lsclusters >/dev/null; then
     echo "stack: PostgreSQL not found on $PG_HOST:$PG_PORT; installing it (apt-get install postgresql)" >&2
     apt_install postgresql
+    installed=yes
   fi
-  local cluster ver
-  cluster=$(pg_lsclusters --no-header | head -n1)
-  [ -n "$cluster" ] || die "PostgreSQL is installed but has no cluster; create one with pg_createcluster"
-  ver=$(awk '{print $1}' <<<"$cluster")
-  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >/dev/null 2>&1 || true
+  local ver name log
+  read -r ver name _ < <(pg_lsclusters --no-header | head -n1) || true
+  [ -n "${name:-}" ] || die "PostgreSQL is installed but has no cluster; create one with pg_createcluster"
+  log=$(as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start 2>&1) || true
   for _ in $(seq 1 30); do port_open "$PG_HOST" "$PG_PORT" && break; sleep 1; done
-  port_open "$PG_HOST" "$PG_PORT" || die "PostgreSQL did not start on $PG_HOST:$PG_PORT; see /var/log/postgresql/"
-  # A fresh Debian cluster asks TCP clients for a password: give the superuser the dev one.
-  as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null \
-    || die "could not set the postgres password; check /var/log/postgresql/"
+  port_open "$PG_HOST" "$PG_PORT" \
+    || die "PostgreSQL $ver/$name did not start on $PG_HOST:$PG_PORT: ${log:-no output}; see /var/log/postgresql/"
+  # A fresh Debian cluster asks TCP clients for a password: give the new superuser the dev one.
+  # Only right after our own install: an existing cluster's password is never touched.
+  if [ "$installed" = yes ]; then
+    as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null \
+      || die "could not set the postgres password; check /var/log/postgresql/"
+  fi
 }
 
 apt_install() {
@@ -76,11 +81,13 @@ emulator_up() {
   die "the emulator did not answer on $AWS_ENDPOINT_URL within 30 s; see $STATE/moto.log"
 }
 
-# The dev KMS key (moto keeps state in memory: recreated after a restart).
+# The default queue and the dev KMS key (moto keeps state in memory: recreated after a restart).
 aws_resources() {
-  "$VENV/bin/python" - <<'PY' || die "creating the dev KMS key on the emulator failed"
+  "$VENV/bin/python" - <<'PY' || die "creating the demo queue / dev KMS key on the emulator failed"
 import os, boto3
-kms = boto3.client("kms", region_name=os.environ["AWS_REGION"])
+region = os.environ["AWS_REGION"]
+boto3.client("sqs", region_name=region).create_queue(QueueName="piivault-demo")
+kms = boto3.client("kms", region_name=region)
 alias = os.environ["PIIVAULT_DEV_KMS_ALIAS"]
 if not any(a["AliasName"] == alias for a in kms.list_aliases()["Aliases"]):
     key = kms.create_key(Description="piivault dev key-encryption key")["KeyMetadata"]["KeyId"]
@@ -89,8 +96,13 @@ PY
 }
 
 dev_kek() {
-  [ -f "$PIIVAULT_DEV_KEK" ] && return 0
-  (umask 077 && head -c 32 /dev/urandom >"$PIIVAULT_DEV_KEK")
+  if [ ! -f "$PIIVAULT_DEV_KEK" ]; then
+    (umask 077 && head -c 32 /dev/urandom >"$PIIVAULT_DEV_KEK")
+  fi
+  # Never regenerate an existing key (it would orphan every key it wrapped); only check it.
+  [ "$(wc -c <"$PIIVAULT_DEV_KEK")" -eq 32 ] \
+    || die "$PIIVAULT_DEV_KEK is not 32 bytes; move it away (its wrapped keys become unreadable) and rerun"
+  chmod 600 "$PIIVAULT_DEV_KEK"
 }
 
 case "${1:-up}" in

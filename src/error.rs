@@ -24,6 +24,8 @@ pub mod exit {
     pub const CANT_CREATE: u8 = 73;
     /// Writing the output failed.
     pub const IO: u8 = 74;
+    /// A temporary failure (a transaction conflict that persisted): retry later.
+    pub const TEMP_FAIL: u8 = 75;
     /// A service refused for lack of permission.
     pub const NO_PERMISSION: u8 = 77;
     /// Configuration: a missing variable, a bad or wrong key-encryption key, keys or schema missing.
@@ -94,6 +96,7 @@ impl Error {
             },
             Error::Store(e) => match e {
                 StoreError::Connect { .. } | StoreError::Unavailable { .. } => UNAVAILABLE,
+                StoreError::Conflict { .. } => TEMP_FAIL,
                 StoreError::NotMigrated { .. } => CONFIG,
                 StoreError::PermissionDenied { .. } => NO_PERMISSION,
                 StoreError::Migrate(_) | StoreError::Query { .. } => SOFTWARE,

@@ -386,4 +386,41 @@ mod tests {
             .collect();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
     }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let valid = r#"{"user_id":"u","app_version":"1.2.3","device_type":"ios","ip":"::1","locale":"FR","device_id":"x"}"#;
+        let alphabet: Vec<char> = "{}[]\",:0123456789.-eE nultrfa\\u\u{0}\u{feff}é😀\u{202e}"
+            .chars()
+            .collect();
+        for _ in 0..20_000 {
+            let mut text: Vec<char> = valid.chars().collect();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..=text.len());
+                match rng.random_range(0..3) {
+                    0 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => text.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                }
+            }
+            let _ = decode(&text.into_iter().collect::<String>());
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(
+            matches!(decode(&deep), Err(Rejection::NotJson { .. })),
+            "recursion limit, no overflow"
+        );
+        let big = format!(r#"{{"user_id":"u","device_id":"{}"}}"#, "d".repeat(1 << 20));
+        assert!(matches!(
+            decode(&big),
+            Err(Rejection::TooLong {
+                field: "device_id",
+                ..
+            })
+        ));
+        assert!(decode(r#"{"user_id":"\ud800"}"#).is_err(), "lone surrogate");
+    }
 }

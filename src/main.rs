@@ -81,14 +81,31 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: info for piivault, warnings for libraries).
+/// Whatever `RUST_LOG` says, the AWS SDK and HTTP crates never log below INFO: at debug/trace
+/// they print request and response payloads, i.e. message bodies and key material.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,piivault=info,etl=info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+    use tracing_subscriber::prelude::*;
+    const PAYLOAD_LOGGERS: [&str; 6] = [
+        "aws_smithy",
+        "aws_sdk",
+        "aws_config",
+        "aws_runtime",
+        "hyper",
+        "h2",
+    ];
+    let env = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,piivault=info,etl=info"));
+    let no_payloads = filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !PAYLOAD_LOGGERS.iter().any(|p| meta.target().starts_with(p))
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(layer.with_filter(env.and(no_payloads)))
         .init();
 }
 

@@ -24,6 +24,9 @@ use crate::source::sqs::SqsQueue;
 use crate::store::StoreError;
 use crate::store::writer::{self, BatchCounts};
 
+/// Attempts for a batch transaction that deadlocks or fails to serialise (nothing was committed).
+const CONFLICT_ATTEMPTS: u32 = 3;
+
 /// The one-line JSON summary `etl run` prints on stdout.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
@@ -110,16 +113,29 @@ impl Pipeline {
             .iter()
             .map(|&i| protect::protect(keys, &batch[i], now))
             .collect();
+        let mut attempt = 1;
+        loop {
+            match self.write(&records).await {
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_ATTEMPTS => {
+                    tracing::debug!(attempt, "batch transaction conflicted; retrying");
+                    attempt += 1;
+                }
+                result => return Ok((result?, newest)),
+            }
+        }
+    }
+
+    async fn write(&self, records: &[Record]) -> Result<BatchCounts, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(StoreError::during("starting a transaction"))?;
-        let counts = writer::write_batch(&mut tx, &records).await?;
+        let counts = writer::write_batch(&mut tx, records).await?;
         tx.commit()
             .await
             .map_err(StoreError::during("committing a batch"))?;
-        Ok((counts, newest))
+        Ok(counts)
     }
 }
 

@@ -140,3 +140,94 @@ fn quarantine(
             .seal(&message.message_id, Field::Body, message.body.as_bytes()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::crypto::{KeyVersion, Keyring};
+
+    fn keys() -> (SealKey, TokenKey) {
+        (
+            SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap(),
+            TokenKey::from_unwrapped(KeyVersion(2), &[2; 32]).unwrap(),
+        )
+    }
+
+    fn message(body: &str, sent_at: DateTime<Utc>) -> Received {
+        Received {
+            message_id: "m-1".into(),
+            receipt_handle: None,
+            sent_at,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn a_login_keeps_plain_fields_tokens_canonical_pii_and_seals_the_original() {
+        let (seal, token) = keys();
+        let keys = WriteKeys {
+            seal: &seal,
+            token: &token,
+        };
+        // Sent just before midnight UTC, received after: create_date is the sent date.
+        let sent = Utc.with_ymd_and_hms(2026, 3, 1, 23, 59, 58).unwrap();
+        let received = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 3).unwrap();
+        let body = r#"{"user_id":"u","app_version":"2.30","ip":"010.0.0.1","device_id":"d-1","locale":null}"#;
+        let Record::Login(login) = protect(keys, &message(body, sent), received) else {
+            panic!("rejected")
+        };
+        assert_eq!(
+            login.create_date,
+            chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()
+        );
+        assert_eq!(login.received_at, received);
+        assert_eq!(
+            (login.app_version_text.as_deref(), login.app_version),
+            (Some("2.30"), Some(2_030_000))
+        );
+        assert_eq!(login.masked_ip, Some(token.token(Field::Ip, "10.0.0.1")));
+        assert_eq!(
+            (login.token_version, login.seal_version),
+            (KeyVersion(2), KeyVersion(1))
+        );
+        assert_eq!(login.locale, None);
+        let mut ring = Keyring::default();
+        ring.add_seal(SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap());
+        let ip = ring
+            .open("m-1", Field::Ip, login.ip_sealed.as_ref().unwrap())
+            .unwrap();
+        assert_eq!(
+            &ip[..],
+            b"010.0.0.1",
+            "the original spelling is what the vault keeps"
+        );
+    }
+
+    #[test]
+    fn a_rejection_seals_the_whole_body_and_keeps_only_the_reason() {
+        let (seal, token) = keys();
+        let body = r#"{"user_id": 5, "ip": "10.0.0.1"}"#;
+        let Record::Quarantine(q) = protect(
+            WriteKeys {
+                seal: &seal,
+                token: &token,
+            },
+            &message(body, Utc::now()),
+            Utc::now(),
+        ) else {
+            panic!("loaded")
+        };
+        assert_eq!(
+            q.reason,
+            "user_id must be a string or null, found a JSON number"
+        );
+        let mut ring = Keyring::default();
+        ring.add_seal(SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap());
+        assert_eq!(
+            &ring.open("m-1", Field::Body, &q.body_sealed).unwrap()[..],
+            body.as_bytes()
+        );
+    }
+}

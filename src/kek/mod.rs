@@ -33,7 +33,10 @@ impl FromStr for KekUri {
         match s.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Ok(KekUri::File(PathBuf::from(path))),
             Some(("kms", key)) if !key.is_empty() => Ok(KekUri::Kms(key.to_owned())),
-            _ => Err(KekError::BadUri(s.to_owned())),
+            _ => Err(KekError::BadUri(match s.split_once(':') {
+                Some((scheme, _)) if scheme.len() <= 8 => format!("{scheme}:"),
+                _ => "none".to_owned(),
+            })),
         }
     }
 }
@@ -55,9 +58,10 @@ pub enum KekError {
         "PIIVAULT_KEK is not set.\nSet it to file:<path> (a 32-byte key file, mode 0600) or kms:<key-id|alias|arn>."
     )]
     Missing,
-    /// `PIIVAULT_KEK` not of either form.
+    /// `PIIVAULT_KEK` not of either form. Only the scheme is shown: the value might be a
+    /// mistakenly pasted key.
     #[error(
-        "PIIVAULT_KEK={0:?} is not a key-encryption key URI.\nUse file:<path> or kms:<key-id|alias|arn>."
+        "PIIVAULT_KEK (scheme {0:?}) is not a key-encryption key URI.\nUse file:<path> or kms:<key-id|alias|arn>."
     )]
     BadUri(String),
     /// The key file cannot be read.

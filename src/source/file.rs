@@ -1,11 +1,11 @@
 //! Backfill input: a JSON array of message bodies, or one body per line (JSON lines).
 //!
-//! Message ids come from the content — `file-<sha256(body), 32 hex>-<n>` where `n` counts earlier
-//! identical bodies in the file — so loading the same file twice adds nothing, appending to a file
-//! loads only the new bodies, and two identical logins in one file stay two rows.
+//! A file is loaded as a unit. Message ids come from its content — `file-<sha256 of the whole
+//! file, 32 hex>-<position>` — so loading the same file again adds nothing, while identical
+//! bodies (a user logging in twice from the same device) stay distinct rows, within a file and
+//! across files. A file with more lines appended is a new file: load only the new lines.
 //! TODO(issue 8): stream the file (and `.gz`) instead of reading it whole.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::Utc;
@@ -21,25 +21,23 @@ pub fn read(path: &Path) -> Result<Vec<Received>, SourceError> {
         path: shown.clone(),
         source,
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let bodies = split_bodies(text).map_err(|detail| SourceError::FileFormat {
-        path: shown,
-        detail,
-    })?;
+    let bodies =
+        split_bodies(text.strip_prefix('\u{feff}').unwrap_or(&text)).map_err(|detail| {
+            SourceError::FileFormat {
+                path: shown,
+                detail,
+            }
+        })?;
     let now = Utc::now();
-    let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+    let file_id = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
     Ok(bodies
         .into_iter()
-        .map(|body| {
-            let digest: [u8; 32] = Sha256::digest(body.as_bytes()).into();
-            let n = seen.entry(digest).or_default();
-            *n += 1;
-            Received {
-                message_id: format!("file-{}-{n}", hex::encode(&digest[..16])),
-                receipt_handle: None,
-                sent_at: now,
-                body,
-            }
+        .enumerate()
+        .map(|(i, body)| Received {
+            message_id: format!("file-{file_id}-{}", i + 1),
+            receipt_handle: None,
+            sent_at: now,
+            body,
         })
         .collect())
 }
@@ -88,17 +86,26 @@ mod tests {
     }
 
     #[test]
-    fn array_and_lines_give_bodies_and_stable_ids() {
+    fn ids_are_stable_per_file_and_distinct_across_files() {
         let array = ids(r#"[{"user_id":"a"}, {"user_id":"b"}, {"user_id":"a"}]"#);
         assert_eq!(array.len(), 3);
         assert_ne!(array[0], array[2], "identical bodies stay distinct");
-        assert!(array[0].ends_with("-1") && array[2].ends_with("-2"));
-        let lines = ids("{\"user_id\":\"a\"}\n\n{\"user_id\":\"b\"}\nnot json\n");
-        assert_eq!(lines.len(), 3);
+        assert!(array[0].ends_with("-1") && array[2].ends_with("-3"));
         assert_eq!(
-            lines[..2],
-            array[..2],
-            "same bodies, same ids, whatever the format"
+            array,
+            ids(r#"[{"user_id":"a"}, {"user_id":"b"}, {"user_id":"a"}]"#),
+            "same file, same ids"
+        );
+        let other = ids(r#"[{"user_id":"a"}]"#);
+        assert_ne!(
+            other[0], array[0],
+            "the same body in another file is another message"
+        );
+        let lines = ids("{\"user_id\":\"a\"}\n\n{\"user_id\":\"b\"}\nnot json\n");
+        assert_eq!(
+            lines.len(),
+            3,
+            "blank lines skipped, a bad line is still a message"
         );
         assert_eq!(ids("[1, 2]\n[3]\n").len(), 2, "lines that are arrays");
     }

@@ -28,9 +28,14 @@ pub enum StoreError {
     NotMigrated { what: &'static str, detail: String },
     /// The role lacks a privilege.
     #[error(
-        "{what} failed: permission denied ({detail}).\nGrant this login the piivault role it needs (see README, Roles)."
+        "{what} failed: permission denied ({detail}).\nGrant this login the privileges it needs on user_logins and the vault and etl schemas."
     )]
     PermissionDenied { what: &'static str, detail: String },
+    /// A deadlock or serialization failure: retrying the transaction is safe.
+    #[error(
+        "{what} failed: the transaction conflicted with another one ({detail}). Nothing was committed; retry."
+    )]
+    Conflict { what: &'static str, detail: String },
     /// The connection broke or timed out mid-way.
     #[error("{what} failed: Postgres became unreachable ({detail}). Nothing was committed; retry.")]
     Unavailable { what: &'static str, detail: String },
@@ -47,6 +52,7 @@ impl StoreError {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
                 Some("42501") => StoreError::PermissionDenied { what, detail },
+                Some("40001" | "40P01") => StoreError::Conflict { what, detail },
                 Some(code) if code.starts_with("08") || code.starts_with("57P") => {
                     StoreError::Unavailable { what, detail }
                 }
@@ -84,8 +90,12 @@ pub async fn connect(
 
 /// Applies the embedded migrations; a no-op when they are all applied.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("./migrations")
-        .run(pool)
-        .await
-        .map_err(|e| StoreError::Migrate(e.to_string()))
+    match sqlx::migrate!("./migrations").run(pool).await {
+        Ok(()) => Ok(()),
+        // A failing statement is classified like any query (permission, connection, ...).
+        Err(sqlx::migrate::MigrateError::Execute(e)) => {
+            Err(StoreError::from_sqlx("applying a migration", e))
+        }
+        Err(e) => Err(StoreError::Migrate(e.to_string())),
+    }
 }

@@ -31,6 +31,9 @@ pub async fn write_batch(
             Record::Quarantine(entry) => rejected.push(entry),
         }
     }
+    // One lock order for every writer: two batches sharing redelivered ids cannot deadlock.
+    logins.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
+    rejected.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
     let loaded = insert_logins(tx, &logins).await?;
     insert_vault(tx, &logins).await?;
     let quarantined = insert_quarantine(tx, &rejected).await?;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod commands;
 mod errors;
 mod kms;
 mod load;

@@ -168,3 +168,32 @@ async fn no_plaintext_pii_in_user_logins_quarantine_or_vault() {
     assert_eq!(hits(&s.db.pool, "vault", "login_pii", sample_user).await, 1);
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_level_logs_of_an_sqs_drain_hold_no_pii() {
+    let s = Setup::new().await;
+    crate::support::send(&s.queue, &sample_bodies()).await;
+    let run = s
+        .etl
+        .clone()
+        .with("RUST_LOG", "trace")
+        .run(&["run", "--drain", "--wait-time-secs", "2"])
+        .await;
+    assert_eq!(run.json()["loaded"], 99);
+    assert!(
+        run.stderr.contains("batch committed"),
+        "debug logging was on"
+    );
+    assert!(run.stderr.lines().count() > 20, "trace output present");
+    for value in pii_values() {
+        assert!(
+            !run.stderr.contains(value.as_str()),
+            "{value} in the trace log"
+        );
+    }
+    assert!(
+        !run.stderr.contains("oops_wrong_msg_type"),
+        "the malformed body is not logged"
+    );
+    s.db.drop_db().await;
+}

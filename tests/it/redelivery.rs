@@ -30,11 +30,16 @@ async fn redelivered_messages_are_counted_as_duplicates_not_loaded_twice() {
         Arc::new(Pipeline::new(pool.clone(), ctx.keyring(&pool).await.unwrap()).unwrap());
     let queue = SqsQueue::with_client(sqs().await, s.queue.clone());
     let mut seen = HashSet::new();
-    while seen.len() < bodies.len() {
-        let batch = queue.receive(1).await.unwrap();
-        pipeline.store(&batch).await.unwrap();
-        seen.extend(batch.into_iter().map(|m| m.message_id));
-    }
+    let consume = async {
+        while seen.len() < bodies.len() {
+            let batch = queue.receive(1).await.unwrap();
+            pipeline.store(&batch).await.unwrap();
+            seen.extend(batch.into_iter().map(|m| m.message_id));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), consume)
+        .await
+        .expect("every message received once");
     let stored = s
         .db
         .count("SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM etl.quarantine)")
