@@ -20,7 +20,8 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// An internal error (a bug): please report it.
     pub const SOFTWARE: u8 = 70;
-    /// Refusing to create what exists (`keys init` with keys present).
+    /// Refused in the current state: `keys init` with keys present, `keys retire` of a key in use,
+    /// `keys rotate` while a token rotation is pending.
     pub const CANT_CREATE: u8 = 73;
     /// Writing the output failed.
     pub const IO: u8 = 74;
@@ -71,6 +72,19 @@ pub enum Error {
         "{failed} of {total} records failed their integrity check and were not printed (details above)."
     )]
     Integrity { failed: usize, total: usize },
+    /// The active keys kept changing under a batch (rotations back to back).
+    #[error(
+        "the active data keys changed during every attempt to write a batch.\nRetry once the key rotation has finished."
+    )]
+    KeysChanging,
+    /// A key operation is refused in the current state (key in use, rotation pending, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// `keys verify`, `reencrypt` or `retokenize` found values that do not open or tokens that differ.
+    #[error(
+        "{failed} value(s) failed to open and {mismatched} token(s) differ from their recomputation (message ids above)."
+    )]
+    Verify { failed: u64, mismatched: u64 },
     /// Stdout could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -102,7 +116,9 @@ impl Error {
                 StoreError::Migrate(_) | StoreError::Query { .. } => SOFTWARE,
             },
             Error::Usage(_) => USAGE,
-            Error::KeysExist(_) => CANT_CREATE,
+            Error::KeysExist(_) | Error::Refused(_) => CANT_CREATE,
+            Error::KeysChanging => TEMP_FAIL,
+            Error::Verify { .. } => DATA,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
         }

@@ -8,6 +8,7 @@
 //! - [`event`]: a message body decoded into a [`event::LoginEvent`] or a PII-free [`event::Rejection`].
 //! - [`crypto`]: deterministic tokens and sealed values; keys that zeroize. No I/O, no SQL.
 //! - [`kek`]: key-encryption keys (local file or AWS KMS) that wrap the data keys.
+//! - [`keystore`]: the keyring loaded from stored wrapped keys through the KEK.
 //! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
 //! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod kek;
+pub mod keystore;
 pub mod pipeline;
 pub mod protect;
 pub mod source;

@@ -7,8 +7,8 @@
 //! TODO(issue 8): pipelined stages with bounded channels and coalesced writes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -18,14 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crypto::{Keyring, Purpose};
 use crate::error::Error;
+use crate::kek::Kek;
+use crate::keystore;
 use crate::protect::{self, Record, WriteKeys};
 use crate::source::Received;
 use crate::source::sqs::SqsQueue;
-use crate::store::StoreError;
 use crate::store::writer::{self, BatchCounts};
+use crate::store::{self, StoreError};
 
-/// Attempts for a batch transaction that deadlocks or fails to serialise (nothing was committed).
-const CONFLICT_ATTEMPTS: u32 = 3;
+/// Attempts for a batch transaction that deadlocks, fails to serialise, or meets a key rotation
+/// (nothing was committed by the failed attempts).
+const WRITE_ATTEMPTS: u32 = 4;
 
 /// The one-line JSON summary `etl run` prints on stdout.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
@@ -85,57 +88,95 @@ impl Counters {
 /// Decodes, protects and stores batches; shared by every receiver.
 pub struct Pipeline {
     pool: PgPool,
-    keys: Keyring,
+    kek: Kek,
+    keys: RwLock<Arc<Keyring>>,
 }
 
 impl Pipeline {
-    /// A pipeline writing with the newest seal and token keys of `keys`.
-    pub fn new(pool: PgPool, keys: Keyring) -> Result<Pipeline, Error> {
-        keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
-        keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
-        Ok(Pipeline { pool, keys })
+    /// A pipeline writing with the active seal and token keys, unwrapped by `kek`.
+    pub async fn load(pool: PgPool, kek: Kek) -> Result<Pipeline, Error> {
+        let keys = Self::checked(keystore::load(&pool, &kek).await?)?;
+        Ok(Pipeline {
+            pool,
+            kek,
+            keys: RwLock::new(Arc::new(keys)),
+        })
     }
 
-    fn write_keys(&self) -> WriteKeys<'_> {
-        WriteKeys {
-            seal: self.keys.active_seal().expect("checked in Pipeline::new"),
-            token: self.keys.active_token().expect("checked in Pipeline::new"),
-        }
+    fn checked(keys: Keyring) -> Result<Keyring, Error> {
+        keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
+        keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
+        Ok(keys)
+    }
+
+    fn keys(&self) -> Arc<Keyring> {
+        self.keys.read().expect("keyring lock poisoned").clone()
+    }
+
+    /// Reloads the keyring after `etl keys rotate` (or a token swap) changed the active versions.
+    async fn reload(&self) -> Result<(), Error> {
+        let keys = Self::checked(keystore::load(&self.pool, &self.kek).await?)?;
+        tracing::info!("data keys changed; reloaded the keyring");
+        *self.keys.write().expect("keyring lock poisoned") = Arc::new(keys);
+        Ok(())
     }
 
     /// Stores one batch in one transaction and commits; the caller acks afterwards. Returns the
     /// counts and the index of the newest delivery of each distinct message (the ones to delete).
     pub async fn store(&self, batch: &[Received]) -> Result<(BatchCounts, Vec<usize>), Error> {
         let newest = newest_deliveries(batch);
-        let keys = self.write_keys();
-        let now = Utc::now();
-        let records: Vec<Record> = newest
-            .iter()
-            .map(|&i| protect::protect(keys, &batch[i], now))
-            .collect();
         let mut attempt = 1;
         loop {
-            match self.write(&records).await {
-                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_ATTEMPTS => {
+            let keys = self.keys();
+            let write_keys = WriteKeys {
+                seal: keys.active_seal().expect("checked on load"),
+                token: keys.active_token().expect("checked on load"),
+            };
+            let now = Utc::now();
+            let records: Vec<Record> = newest
+                .iter()
+                .map(|&i| protect::protect(write_keys, &batch[i], now))
+                .collect();
+            match self.write(&records, write_keys).await {
+                Ok(Some(counts)) => return Ok((counts, newest)),
+                Ok(None) if attempt < WRITE_ATTEMPTS => self.reload().await?,
+                Err(StoreError::Conflict { .. }) if attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(attempt, "batch transaction conflicted; retrying");
-                    attempt += 1;
                 }
-                result => return Ok((result?, newest)),
+                Ok(None) => return Err(Error::KeysChanging),
+                Err(e) => return Err(e.into()),
             }
+            attempt += 1;
         }
     }
 
-    async fn write(&self, records: &[Record]) -> Result<BatchCounts, StoreError> {
+    /// Writes and commits, unless the active key versions changed meanwhile (`Ok(None)`: rolled
+    /// back). The check runs after the inserts, so a concurrent rotation either sees these rows
+    /// (it waits for this commit) or makes this check fail.
+    async fn write(
+        &self,
+        records: &[Record],
+        keys: WriteKeys<'_>,
+    ) -> Result<Option<BatchCounts>, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(StoreError::during("starting a transaction"))?;
         let counts = writer::write_batch(&mut tx, records).await?;
+        let active = store::keys::active_versions(&mut tx).await?;
+        if active
+            != (
+                Some(keys.seal.version().0 as i32),
+                Some(keys.token.version().0 as i32),
+            )
+        {
+            return Ok(None);
+        }
         tx.commit()
             .await
             .map_err(StoreError::during("committing a batch"))?;
-        Ok(counts)
+        Ok(Some(counts))
     }
 }
 

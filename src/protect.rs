@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::crypto::{Field, KeyVersion, SealKey, Sealed, Token, TokenKey};
+use crate::crypto::{Field, KeyVersion, Keyring, OpenFailed, SealKey, Sealed, Token, TokenKey};
 use crate::event::{self, LoginEvent, Pii, Rejection};
 use crate::source::Received;
 
@@ -141,12 +141,55 @@ fn quarantine(
     }
 }
 
+/// Re-seals one value under `to` (`keys reencrypt`): opened with whatever version sealed it.
+pub fn reseal(
+    keys: &Keyring,
+    to: &SealKey,
+    message_id: &str,
+    field: Field,
+    sealed: &Sealed,
+) -> Result<Sealed, OpenFailed> {
+    let plain = keys.open(message_id, field, sealed)?;
+    Ok(to.seal(message_id, field, &plain))
+}
+
+/// The tokens `token` gives a vault row's originals (`keys retokenize`, `keys verify`): the
+/// originals are opened and canonicalised exactly as when they were first loaded.
+pub fn tokens_of(
+    keys: &Keyring,
+    token: &TokenKey,
+    message_id: &str,
+    ip: Option<&Sealed>,
+    device_id: Option<&Sealed>,
+) -> Result<(Option<Token>, Option<Token>), OpenFailed> {
+    let canonical = |field: Field, sealed: &Sealed| -> Result<Pii, OpenFailed> {
+        let plain = keys.open(message_id, field, sealed)?;
+        let unreadable = || OpenFailed {
+            message_id: message_id.to_owned(),
+            field: field.as_str(),
+            key_version: sealed.version().map_or(0, |v| v.0),
+        };
+        let text = std::str::from_utf8(&plain).map_err(|_| unreadable())?;
+        match field {
+            Field::Ip => Pii::ip(text).ok_or_else(unreadable),
+            _ => Ok(Pii::text(text)),
+        }
+    };
+    let ip = ip
+        .map(|s| canonical(Field::Ip, s).map(|v| token.token(Field::Ip, v.canonical())))
+        .transpose()?;
+    let device = device_id
+        .map(|s| canonical(Field::DeviceId, s).map(|v| token.token(Field::DeviceId, v.canonical())))
+        .transpose()?;
+    Ok((ip, device))
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::crypto::{KeyVersion, Keyring};
+    use crate::crypto::{KeyState, KeyVersion, Keyring};
 
     fn keys() -> (SealKey, TokenKey) {
         (
@@ -194,7 +237,10 @@ mod tests {
         );
         assert_eq!(login.locale, None);
         let mut ring = Keyring::default();
-        ring.add_seal(SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap());
+        ring.add_seal(
+            SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap(),
+            KeyState::Active,
+        );
         let ip = ring
             .open("m-1", Field::Ip, login.ip_sealed.as_ref().unwrap())
             .unwrap();
@@ -224,7 +270,10 @@ mod tests {
             "user_id must be a string or null, found a JSON number"
         );
         let mut ring = Keyring::default();
-        ring.add_seal(SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap());
+        ring.add_seal(
+            SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap(),
+            KeyState::Active,
+        );
         assert_eq!(
             &ring.open("m-1", Field::Body, &q.body_sealed).unwrap()[..],
             body.as_bytes()

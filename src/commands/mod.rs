@@ -11,10 +11,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::crypto::{KeyVersion, Keyring, Purpose, SealKey, TokenKey};
+use crate::crypto::Keyring;
 use crate::error::Error;
 use crate::kek::Kek;
-use crate::store;
+use crate::{keystore, store};
 
 /// What every command gets: settings and the stop signal (SIGINT/SIGTERM).
 pub struct Context {
@@ -38,28 +38,7 @@ impl Context {
 
     /// Unwraps every stored data key with the KEK (once per process).
     pub async fn keyring(&self, pool: &PgPool) -> Result<Keyring, Error> {
-        let kek = self.kek().await?;
-        let mut ring = Keyring::default();
-        for row in store::keys::list(pool).await? {
-            let purpose: Purpose = row.purpose.parse().map_err(|_| Error::BadDataKey {
-                purpose: Purpose::Seal,
-                version: KeyVersion(row.version as u32),
-            })?;
-            let version = KeyVersion(row.version as u32);
-            let plain = kek
-                .unwrap(purpose, version, &row.wrapped, &row.kek_uri)
-                .await?;
-            let bad = || Error::BadDataKey { purpose, version };
-            match purpose {
-                Purpose::Seal => {
-                    ring.add_seal(SealKey::from_unwrapped(version, &plain).ok_or_else(bad)?)
-                }
-                Purpose::Token => {
-                    ring.add_token(TokenKey::from_unwrapped(version, &plain).ok_or_else(bad)?)
-                }
-            }
-        }
-        Ok(ring)
+        keystore::load(pool, &self.kek().await?).await
     }
 }
 

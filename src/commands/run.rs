@@ -41,8 +41,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
         Some(_) => None,
     };
     let pool = ctx.pool(u32::from(args.concurrency) + 1).await?;
-    let keys = ctx.keyring(&pool).await?;
-    let pipeline = Pipeline::new(pool, keys)?;
+    let pipeline = Pipeline::load(pool, ctx.kek().await?).await?;
     let summary = match (source, queue) {
         (Some(messages), _) => {
             pipeline::run_messages(&pipeline, messages, args.batch_size as usize).await?

@@ -133,36 +133,96 @@ impl fmt::Debug for TokenKey {
     }
 }
 
-/// Every unwrapped data key a process holds; new writes use the newest version of each purpose.
+/// Lifecycle of a data key (`vault.data_keys.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Used for new writes (one per purpose).
+    Active,
+    /// Superseded: still opens (seal) or verifies (token) old rows until they are moved off it.
+    Previous,
+    /// A token key being prepared by `keys retokenize`; becomes active when every row has it.
+    Pending,
+    /// Destroyed: its wrapped bytes are gone (crypto-shredded).
+    Retired,
+}
+
+impl KeyState {
+    /// Name stored in `vault.data_keys.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Previous => "previous",
+            KeyState::Pending => "pending",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = UnknownPurpose;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(KeyState::Active),
+            "previous" => Ok(KeyState::Previous),
+            "pending" => Ok(KeyState::Pending),
+            "retired" => Ok(KeyState::Retired),
+            other => Err(UnknownPurpose(other.to_owned())),
+        }
+    }
+}
+
+/// Every unwrapped data key a process holds, and which versions are active (new writes) or
+/// pending (token rotation in progress).
 #[derive(Debug, Default)]
 pub struct Keyring {
     seal: BTreeMap<KeyVersion, SealKey>,
     token: BTreeMap<KeyVersion, TokenKey>,
+    active_seal: Option<KeyVersion>,
+    active_token: Option<KeyVersion>,
+    pending_token: Option<KeyVersion>,
 }
 
 impl Keyring {
-    /// Adds a seal key.
-    pub fn add_seal(&mut self, key: SealKey) {
+    /// Adds a seal key in a state (`Active` makes it the one new values are sealed with).
+    pub fn add_seal(&mut self, key: SealKey, state: KeyState) {
+        if state == KeyState::Active {
+            self.active_seal = Some(key.version);
+        }
         self.seal.insert(key.version, key);
     }
 
-    /// Adds a token key.
-    pub fn add_token(&mut self, key: TokenKey) {
+    /// Adds a token key in a state.
+    pub fn add_token(&mut self, key: TokenKey, state: KeyState) {
+        match state {
+            KeyState::Active => self.active_token = Some(key.version),
+            KeyState::Pending => self.pending_token = Some(key.version),
+            _ => {}
+        }
         self.token.insert(key.version, key);
     }
 
     /// The seal key new values are sealed with.
     pub fn active_seal(&self) -> Option<&SealKey> {
-        self.seal.values().next_back()
+        self.seal.get(&self.active_seal?)
     }
 
     /// The token key new tokens are computed with.
     pub fn active_token(&self) -> Option<&TokenKey> {
-        self.token.values().next_back()
+        self.token.get(&self.active_token?)
+    }
+
+    /// The token key `keys retokenize` is moving rows to, if a token rotation is in progress.
+    pub fn pending_token(&self) -> Option<&TokenKey> {
+        self.token.get(&self.pending_token?)
     }
 
     /// The seal key of one version, for opening.
     pub fn seal_key(&self, version: KeyVersion) -> Option<&SealKey> {
         self.seal.get(&version)
+    }
+
+    /// The token key of one version, for verifying.
+    pub fn token_key(&self, version: KeyVersion) -> Option<&TokenKey> {
+        self.token.get(&version)
     }
 }

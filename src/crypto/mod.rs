@@ -8,7 +8,7 @@ mod seal;
 mod token;
 
 pub use keyring::{
-    KeyVersion, Keyring, Purpose, SealKey, TokenKey, UnknownPurpose, new_key_material,
+    KeyState, KeyVersion, Keyring, Purpose, SealKey, TokenKey, UnknownPurpose, new_key_material,
 };
 pub use seal::{Field, OpenFailed, Sealed};
 pub use token::Token;

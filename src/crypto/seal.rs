@@ -137,10 +137,14 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::KeyState;
 
     fn ring(byte: u8, version: u32) -> Keyring {
         let mut ring = Keyring::default();
-        ring.add_seal(SealKey::from_unwrapped(KeyVersion(version), &[byte; 32]).unwrap());
+        ring.add_seal(
+            SealKey::from_unwrapped(KeyVersion(version), &[byte; 32]).unwrap(),
+            KeyState::Active,
+        );
         ring
     }
 

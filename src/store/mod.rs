@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod rotation;
 pub mod vault;
 pub mod writer;
 

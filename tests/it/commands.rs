@@ -88,7 +88,17 @@ async fn keys_status_lists_versions_never_key_material() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["purpose"], "seal");
     let fields: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
-    assert_eq!(fields, ["created_at", "kek", "purpose", "state", "version"]);
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "kek",
+            "purpose",
+            "retired_at",
+            "state",
+            "version"
+        ]
+    );
     // No wrapped (let alone unwrapped) key bytes in any encoding.
     let wrapped: Vec<Vec<u8>> = sqlx::query_scalar("SELECT wrapped FROM vault.data_keys")
         .fetch_all(&s.db.pool)

@@ -26,8 +26,11 @@ async fn redelivered_messages_are_counted_as_duplicates_not_loaded_twice() {
         stop: Default::default(),
     };
     let pool = ctx.pool(2).await.unwrap();
-    let pipeline =
-        Arc::new(Pipeline::new(pool.clone(), ctx.keyring(&pool).await.unwrap()).unwrap());
+    let pipeline = Arc::new(
+        Pipeline::load(pool.clone(), ctx.kek().await.unwrap())
+            .await
+            .unwrap(),
+    );
     let queue = SqsQueue::with_client(sqs().await, s.queue.clone());
     let mut seen = HashSet::new();
     let consume = async {

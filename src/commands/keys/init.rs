@@ -1,0 +1,38 @@
+//! `etl keys init`: seal key v1 and token key v1, separate random material, wrapped by the KEK.
+
+use serde_json::json;
+
+use crate::commands::{Context, print_line};
+use crate::crypto::{KeyVersion, Purpose, new_key_material};
+use crate::error::Error;
+use crate::store::{self, StoreError};
+
+/// Creates the first keys; refuses when any key exists.
+pub async fn run(ctx: &Context) -> Result<(), Error> {
+    let kek = ctx.kek().await?;
+    let pool = ctx.pool(1).await?;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    store::keys::lock(&mut tx).await?;
+    let existing = store::keys::list_in(&mut tx).await?.len();
+    if existing > 0 {
+        return Err(Error::KeysExist(existing as i64));
+    }
+    let version = KeyVersion(1);
+    let kek_uri = kek.uri().to_string();
+    for purpose in [Purpose::Seal, Purpose::Token] {
+        let material = new_key_material();
+        let wrapped = kek.wrap(purpose, version, material.as_ref()).await?;
+        store::keys::insert(&mut tx, purpose.as_str(), 1, "active", &kek_uri, &wrapped).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(StoreError::during("committing new keys"))?;
+    tracing::info!(kek = %kek_uri, "created seal and token keys v1");
+    print_line(
+        &json!({"created": [{"purpose": "seal", "version": 1}, {"purpose": "token", "version": 1}], "kek": kek_uri})
+            .to_string(),
+    )
+}

@@ -1,0 +1,70 @@
+//! `etl keys retire --purpose P --version V`: destroy an old key version (crypto-shredding).
+//! Refused for the active or pending version and while any row still uses it; retiring an
+//! already retired version is a no-op, so the rotation runbook can be re-run.
+
+use serde_json::json;
+
+use crate::commands::{Context, print_line};
+use crate::crypto::Purpose;
+use crate::error::Error;
+use crate::store::{self, StoreError};
+
+/// Shreds one version's wrapped key.
+pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Error> {
+    let pool = ctx.pool(1).await?;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    // Writers wait while we check and shred: no row can start using the version meanwhile.
+    store::rotation::lock_protected_rows(&mut tx).await?;
+    store::keys::lock(&mut tx).await?;
+    let rows = store::keys::list_in(&mut tx).await?;
+    let name = purpose.as_str();
+    let Some(key) = rows
+        .iter()
+        .find(|r| r.purpose == name && r.version as u32 == version)
+    else {
+        return Err(Error::Refused(format!(
+            "there is no {name} key v{version}; see `etl keys status`."
+        )));
+    };
+    match key.state.as_str() {
+        "retired" => {
+            return print_line(
+                &json!({"retired": {"purpose": name, "version": version}, "already": true})
+                    .to_string(),
+            );
+        }
+        "active" => {
+            return Err(Error::Refused(format!(
+                "{name} key v{version} is active; rotate first (`etl keys rotate --purpose {name}`)."
+            )));
+        }
+        "pending" => {
+            return Err(Error::Refused(format!(
+                "{name} key v{version} is pending; finish with `etl keys retokenize`."
+            )));
+        }
+        _ => {}
+    }
+    let in_use = store::rotation::rows_using(&mut tx, name, key.version).await?;
+    if in_use > 0 {
+        let job = if purpose == Purpose::Seal {
+            "reencrypt"
+        } else {
+            "retokenize"
+        };
+        return Err(Error::Refused(format!(
+            "{name} key v{version} still protects {in_use} row(s); run `etl keys {job}` first."
+        )));
+    }
+    store::keys::shred(&mut tx, name, key.version).await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::during("committing the retirement"))?;
+    tracing::info!(%purpose, version, "retired: wrapped key destroyed");
+    print_line(
+        &json!({"retired": {"purpose": name, "version": version}, "already": false}).to_string(),
+    )
+}

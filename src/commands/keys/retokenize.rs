@@ -1,0 +1,112 @@
+//! `etl keys retokenize`: give every analysts' row the pending token version, then switch.
+//!
+//! Phase 1 (batched, resumable): each row's originals are opened from the vault and its new
+//! tokens are staged in `etl.token_next`; analysts still see the active version only. Phase 2
+//! (one transaction): writers of `user_logins` are held back, rows added meanwhile are staged,
+//! every staged token replaces the old one and the pending key becomes active. Duplicate
+//! queries therefore never mix token versions. Without a pending key this is a no-op.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::progress::Progress;
+use crate::commands::{Context, print_line};
+use crate::crypto::{Keyring, Sealed, Token, TokenKey};
+use crate::error::Error;
+use crate::protect::tokens_of;
+use crate::store::rotation::{self, SealedRow};
+use crate::store::{self, StoreError};
+
+type Staged = (String, Option<String>, Option<String>);
+
+/// Stages, then swaps, in batches of `batch` rows.
+pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
+    let started = Instant::now();
+    let pool = ctx.pool(2).await?;
+    let keys = ctx.keyring(&pool).await?;
+    let Some(pending) = keys.pending_token() else {
+        tracing::info!("no pending token key: nothing to re-tokenize");
+        return print_line(&json!({"retokenized": 0, "token_version": null}).to_string());
+    };
+    let version = pending.version().0 as i32;
+    rotation::discard_stale_staged(&pool, version).await?;
+    let mut progress = Progress::new("retokenize", rotation::count_unstaged(&pool).await? as u64);
+    let mut failed = 0u64;
+    let mut after = String::new();
+    loop {
+        let rows = rotation::unstaged(&pool, &after, batch).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.message_id.clone();
+        let staged = stage(&keys, pending, &rows, &mut failed);
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(StoreError::during("starting a transaction"))?;
+        rotation::stage_tokens(&mut tx, version, &staged).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::during("committing staged tokens"))?;
+        progress.add(rows.len() as u64);
+    }
+    progress.finish();
+    if failed > 0 {
+        return Err(Error::Verify {
+            failed,
+            mismatched: 0,
+        });
+    }
+
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    rotation::lock_user_logins(&mut tx).await?;
+    store::keys::lock(&mut tx).await?;
+    let stragglers = rotation::unstaged(&mut *tx, "", i64::MAX).await?;
+    let staged = stage(&keys, pending, &stragglers, &mut failed);
+    if failed > 0 {
+        return Err(Error::Verify {
+            failed,
+            mismatched: 0,
+        });
+    }
+    rotation::stage_tokens(&mut tx, version, &staged).await?;
+    let swapped = rotation::apply_staged(&mut tx).await?;
+    if let Some(active) = keys.active_token() {
+        store::keys::set_state(&mut tx, "token", active.version().0 as i32, "previous").await?;
+    }
+    store::keys::set_state(&mut tx, "token", version, "active").await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::during("committing the token swap"))?;
+    tracing::info!(
+        swapped,
+        version,
+        "token key active; old version can be retired"
+    );
+    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    print_line(
+        &json!({"retokenized": swapped, "token_version": version, "seconds": seconds}).to_string(),
+    )
+}
+
+fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64) -> Vec<Staged> {
+    let mut staged = Vec::with_capacity(rows.len());
+    for row in rows {
+        let sealed = |v: &Option<Vec<u8>>| v.clone().map(Sealed::from_bytes);
+        let (ip, device) = (sealed(&row.ip_sealed), sealed(&row.device_id_sealed));
+        match tokens_of(keys, token, &row.message_id, ip.as_ref(), device.as_ref()) {
+            Ok((ip, device)) => staged.push((
+                row.message_id.clone(),
+                ip.map(Token::into_string),
+                device.map(Token::into_string),
+            )),
+            Err(e) => {
+                *failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    staged
+}

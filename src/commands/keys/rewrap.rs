@@ -1,0 +1,49 @@
+//! `etl keys rewrap --to-kek URI`: re-wrap every data key under another KEK. Touches only
+//! `vault.data_keys` (cost grows with the number of keys, not rows); every new wrap is checked
+//! to unwrap before the transaction commits.
+
+use serde_json::json;
+
+use crate::commands::{Context, print_line};
+use crate::error::Error;
+use crate::kek::{Kek, KekUri};
+use crate::keystore;
+use crate::store::{self, StoreError};
+
+/// Re-wraps all keys; afterwards set `PIIVAULT_KEK` to the new URI everywhere.
+pub async fn run(ctx: &Context, to: &str) -> Result<(), Error> {
+    let from = ctx.kek().await?;
+    let to = Kek::open(&to.parse::<KekUri>()?).await?;
+    let to_uri = to.uri().to_string();
+    let pool = ctx.pool(1).await?;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    store::keys::lock(&mut tx).await?;
+    let mut rewrapped = 0;
+    for row in store::keys::list_in(&mut tx).await? {
+        let Some(key) = keystore::unwrap_row(&from, &row).await? else {
+            continue; // retired: nothing left to wrap
+        };
+        let wrapped = to.wrap(key.purpose, key.version, &key.plain).await?;
+        let check = to
+            .unwrap(key.purpose, key.version, &wrapped, &to_uri)
+            .await?;
+        if check.as_slice() != key.plain.as_slice() {
+            return Err(Error::BadDataKey {
+                purpose: key.purpose,
+                version: key.version,
+            });
+        }
+        store::keys::rewrap(&mut tx, &row.purpose, row.version, &to_uri, &wrapped).await?;
+        rewrapped += 1;
+    }
+    tx.commit()
+        .await
+        .map_err(StoreError::during("committing re-wrapped keys"))?;
+    tracing::info!(rewrapped, kek = %to_uri, "re-wrapped; set PIIVAULT_KEK to the new KEK");
+    print_line(
+        &json!({"rewrapped": rewrapped, "from": from.uri().to_string(), "kek": to_uri}).to_string(),
+    )
+}

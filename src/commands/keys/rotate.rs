@@ -1,0 +1,57 @@
+//! `etl keys rotate --purpose seal|token`: add version N+1 of a data key.
+//!
+//! Seal: the new version is active at once (writers reload their keyring at their next batch);
+//! `keys reencrypt` moves old values. Token: the new version is *pending* — analysts keep one
+//! consistent token version until `keys retokenize` has staged every row and swaps them at once.
+
+use serde_json::json;
+
+use crate::commands::{Context, print_line};
+use crate::crypto::{KeyVersion, Purpose, new_key_material};
+use crate::error::Error;
+use crate::store::{self, StoreError};
+
+/// Adds the next version.
+pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
+    let kek = ctx.kek().await?;
+    let pool = ctx.pool(1).await?;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    store::keys::lock(&mut tx).await?;
+    let rows = store::keys::list_in(&mut tx).await?;
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r.purpose == purpose.as_str())
+        .collect();
+    let active = mine
+        .iter()
+        .find(|r| r.state == "active")
+        .ok_or(Error::NoKeys(purpose))?;
+    if let Some(pending) = mine.iter().find(|r| r.state == "pending") {
+        return Err(Error::Refused(format!(
+            "token key v{} is already pending; run `etl keys retokenize` to finish that rotation first.",
+            pending.version
+        )));
+    }
+    let next = mine.iter().map(|r| r.version).max().unwrap_or(0) + 1;
+    let material = new_key_material();
+    let wrapped = kek
+        .wrap(purpose, KeyVersion(next as u32), material.as_ref())
+        .await?;
+    let kek_uri = kek.uri().to_string();
+    let state = match purpose {
+        Purpose::Seal => {
+            store::keys::set_state(&mut tx, "seal", active.version, "previous").await?;
+            "active"
+        }
+        Purpose::Token => "pending",
+    };
+    store::keys::insert(&mut tx, purpose.as_str(), next, state, &kek_uri, &wrapped).await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::during("committing the new key"))?;
+    tracing::info!(%purpose, version = next, state, "rotated");
+    print_line(&json!({"purpose": purpose.as_str(), "version": next, "state": state, "previous": active.version}).to_string())
+}

@@ -1,0 +1,55 @@
+//! `etl keys status`: purpose, version, state, dates and KEK of every key; never key material.
+
+use clap::ValueEnum;
+use serde_json::json;
+
+use crate::commands::{Context, print_line};
+use crate::error::Error;
+use crate::store;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Lists the keys.
+pub async fn run(ctx: &Context, format: Format) -> Result<(), Error> {
+    let pool = ctx.pool(1).await?;
+    let rows = store::keys::list(&pool).await?;
+    match format {
+        Format::Json => {
+            for row in &rows {
+                print_line(
+                    &json!({
+                        "purpose": row.purpose, "version": row.version, "state": row.state,
+                        "created_at": row.created_at.to_rfc3339(), "kek": row.kek_uri,
+                        "retired_at": row.retired_at.map(|t| t.to_rfc3339()),
+                    })
+                    .to_string(),
+                )?;
+            }
+        }
+        Format::Table => {
+            print_line(&format!(
+                "{:<8} {:>7}  {:<8} {:<21} {}",
+                "purpose", "version", "state", "created_at", "kek"
+            ))?;
+            for row in &rows {
+                print_line(&format!(
+                    "{:<8} {:>7}  {:<8} {:<21} {}",
+                    row.purpose,
+                    row.version,
+                    row.state,
+                    row.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    row.kek_uri
+                ))?;
+            }
+        }
+    }
+    if rows.is_empty() {
+        tracing::warn!("no data keys yet; run `etl keys init`");
+    }
+    Ok(())
+}

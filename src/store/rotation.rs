@@ -1,0 +1,295 @@
+//! Batch reads and writes for the key jobs (`keys reencrypt | retokenize | verify | retire`).
+//! Pages are keyset-paginated by `message_id`, so every job is resumable and makes progress even
+//! past rows it cannot process.
+
+use sqlx::{Executor, PgPool, Postgres, Transaction};
+
+use super::StoreError;
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+/// A vault row's sealed values.
+#[derive(sqlx::FromRow)]
+pub struct SealedRow {
+    pub message_id: String,
+    pub key_version: i32,
+    pub ip_sealed: Option<Vec<u8>>,
+    pub device_id_sealed: Option<Vec<u8>>,
+}
+
+/// A quarantined body.
+#[derive(sqlx::FromRow)]
+pub struct SealedBody {
+    pub message_id: String,
+    pub key_version: i32,
+    pub body_sealed: Vec<u8>,
+}
+
+/// A vault row re-sealed under another version.
+pub struct Resealed {
+    pub message_id: String,
+    pub from_version: i32,
+    pub to_version: i32,
+    pub ip_sealed: Option<Vec<u8>>,
+    pub device_id_sealed: Option<Vec<u8>>,
+}
+
+/// A vault row with the analysts' tokens of the same message, for `keys verify`.
+#[derive(sqlx::FromRow)]
+pub struct VerifyRow {
+    pub message_id: String,
+    pub key_version: i32,
+    pub ip_sealed: Option<Vec<u8>>,
+    pub device_id_sealed: Option<Vec<u8>>,
+    pub masked_ip: Option<String>,
+    pub masked_device_id: Option<String>,
+    pub token_version: Option<i32>,
+}
+
+fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    StoreError::during(what)
+}
+
+/// Vault rows and quarantined bodies not sealed under `version`.
+pub async fn count_not_sealed_at(pool: &PgPool, version: i32) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM vault.login_pii WHERE key_version <> $1),
+                (SELECT count(*) FROM etl.quarantine WHERE key_version <> $1)",
+    )
+    .bind(version)
+    .fetch_one(pool)
+    .await
+    .map_err(during("counting rows to re-encrypt"))
+}
+
+/// The next page of vault rows not sealed under `version`, after `after`.
+pub async fn vault_not_at(
+    pool: &PgPool,
+    version: i32,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
+         WHERE key_version <> $1 AND message_id > $2 ORDER BY message_id LIMIT $3",
+    )
+    .bind(version)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(during("reading vault rows to re-encrypt"))
+}
+
+/// Writes re-sealed vault values; a row changed meanwhile (other version) is left alone.
+pub async fn reseal_vault(tx: &mut Tx<'_>, rows: &[Resealed]) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "UPDATE vault.login_pii p SET key_version = x.to_version, ip_sealed = x.ip, device_id_sealed = x.dev
+         FROM UNNEST($1::text[], $2::int4[], $3::int4[], $4::bytea[], $5::bytea[]) AS x(id, from_version, to_version, ip, dev)
+         WHERE p.message_id = x.id AND p.key_version = x.from_version",
+    )
+    .bind(rows.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.from_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.ip_sealed.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.device_id_sealed.as_deref()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(during("writing re-encrypted vault rows"))?;
+    Ok(result.rows_affected())
+}
+
+/// The next page of quarantined bodies not sealed under `version`.
+pub async fn quarantine_not_at(
+    pool: &PgPool,
+    version: i32,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedBody>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, key_version, body_sealed FROM etl.quarantine
+         WHERE key_version <> $1 AND message_id > $2 ORDER BY message_id LIMIT $3",
+    )
+    .bind(version)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(during("reading quarantine rows to re-encrypt"))
+}
+
+/// Writes re-sealed quarantined bodies: (message id, from version, to version, body).
+pub async fn reseal_quarantine(
+    tx: &mut Tx<'_>,
+    rows: &[(String, i32, i32, Vec<u8>)],
+) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "UPDATE etl.quarantine q SET key_version = x.to_version, body_sealed = x.body
+         FROM UNNEST($1::text[], $2::int4[], $3::int4[], $4::bytea[]) AS x(id, from_version, to_version, body)
+         WHERE q.message_id = x.id AND q.key_version = x.from_version",
+    )
+    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.3.as_slice()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(during("writing re-encrypted quarantine rows"))?;
+    Ok(result.rows_affected())
+}
+
+/// Analysts' rows (with a vault row) whose new-version token is not staged yet.
+pub async fn count_unstaged(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM user_logins u JOIN vault.login_pii p USING (message_id)
+         WHERE NOT EXISTS (SELECT 1 FROM etl.token_next n WHERE n.message_id = u.message_id)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(during("counting rows to re-tokenize"))
+}
+
+/// The next page of rows to re-tokenize, with their sealed originals.
+pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
+    executor: E,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT p.message_id, p.key_version, p.ip_sealed, p.device_id_sealed
+         FROM user_logins u JOIN vault.login_pii p USING (message_id)
+         WHERE u.message_id > $1
+           AND NOT EXISTS (SELECT 1 FROM etl.token_next n WHERE n.message_id = u.message_id)
+         ORDER BY u.message_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+    .map_err(during("reading rows to re-tokenize"))
+}
+
+/// Stages new-version tokens: (message id, masked ip, masked device id).
+pub async fn stage_tokens(
+    tx: &mut Tx<'_>,
+    version: i32,
+    rows: &[(String, Option<String>, Option<String>)],
+) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO etl.token_next (message_id, token_version, masked_ip, masked_device_id)
+         SELECT x.id, $1, x.ip, x.dev FROM UNNEST($2::text[], $3::varchar[], $4::varchar[]) AS x(id, ip, dev)
+         ON CONFLICT (message_id) DO UPDATE
+           SET token_version = EXCLUDED.token_version, masked_ip = EXCLUDED.masked_ip,
+               masked_device_id = EXCLUDED.masked_device_id",
+    )
+    .bind(version)
+    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.as_deref()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(during("staging new tokens"))?;
+    Ok(result.rows_affected())
+}
+
+/// Drops staged tokens of another version (a pending key that was replaced).
+pub async fn discard_stale_staged(pool: &PgPool, version: i32) -> Result<u64, StoreError> {
+    let result = sqlx::query("DELETE FROM etl.token_next WHERE token_version <> $1")
+        .bind(version)
+        .execute(pool)
+        .await
+        .map_err(during("clearing stale staged tokens"))?;
+    Ok(result.rows_affected())
+}
+
+/// Blocks writers of the analysts' table until the transaction ends (they wait, not fail).
+pub async fn lock_user_logins(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    sqlx::query("LOCK TABLE user_logins IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut **tx)
+        .await
+        .map_err(during("locking user_logins for the token swap"))?;
+    Ok(())
+}
+
+/// Swaps every staged token into `user_logins` and empties the staging table.
+pub async fn apply_staged(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "UPDATE user_logins u SET masked_ip = n.masked_ip, masked_device_id = n.masked_device_id,
+             token_version = n.token_version
+         FROM etl.token_next n WHERE n.message_id = u.message_id",
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(during("swapping in the new tokens"))?;
+    sqlx::query("DELETE FROM etl.token_next")
+        .execute(&mut **tx)
+        .await
+        .map_err(during("clearing the staged tokens"))?;
+    Ok(result.rows_affected())
+}
+
+/// The next page of vault rows with their analysts' tokens.
+pub async fn vault_with_tokens(
+    pool: &PgPool,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<VerifyRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT p.message_id, p.key_version, p.ip_sealed, p.device_id_sealed,
+                u.masked_ip, u.masked_device_id, u.token_version
+         FROM vault.login_pii p LEFT JOIN user_logins u USING (message_id)
+         WHERE p.message_id > $1 ORDER BY p.message_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(during("reading vault rows to verify"))
+}
+
+/// The next page of quarantined bodies.
+pub async fn quarantine_page(
+    pool: &PgPool,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedBody>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, key_version, body_sealed FROM etl.quarantine
+         WHERE message_id > $1 ORDER BY message_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(during("reading quarantine rows to verify"))
+}
+
+/// Blocks every writer of protected rows until the transaction ends (for `keys retire`).
+pub async fn lock_protected_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "LOCK TABLE user_logins, vault.login_pii, etl.quarantine, etl.token_next IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(during("locking the protected tables"))?;
+    Ok(())
+}
+
+/// Rows still protected by one key version.
+pub async fn rows_using(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<i64, StoreError> {
+    let sql = match purpose {
+        "seal" => {
+            "SELECT (SELECT count(*) FROM vault.login_pii WHERE key_version = $1)
+                  + (SELECT count(*) FROM etl.quarantine WHERE key_version = $1)"
+        }
+        _ => {
+            "SELECT (SELECT count(*) FROM user_logins WHERE token_version = $1)
+                  + (SELECT count(*) FROM etl.token_next WHERE token_version = $1)"
+        }
+    };
+    sqlx::query_scalar(sql)
+        .bind(version)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(during("counting rows that use a key"))
+}
