@@ -85,7 +85,7 @@ fn main() -> ExitCode {
 /// they print request and response payloads, i.e. message bodies and key material.
 fn init_logging() {
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+    use tracing_subscriber::filter::{EnvFilter, filter_fn};
     use tracing_subscriber::prelude::*;
     const PAYLOAD_LOGGERS: [&str; 6] = [
         "aws_smithy",
@@ -104,8 +104,10 @@ fn init_logging() {
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // EnvFilter as the global filter, the payload rule as the output layer's own filter.
     tracing_subscriber::registry()
-        .with(layer.with_filter(env.and(no_payloads)))
+        .with(env)
+        .with(layer.with_filter(no_payloads))
         .init();
 }
 

@@ -11,4 +11,5 @@ mod migrate;
 mod privacy;
 mod redelivery;
 mod reveal;
+mod rotation;
 mod shutdown;

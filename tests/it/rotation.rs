@@ -1,0 +1,646 @@
+//! Key rotation end to end: rotate, load more, reencrypt, retokenize, verify, retire, rewrap —
+//! with reveal and duplicate groups checked after every step, under a file KEK and a KMS KEK.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::support::{Etl, Run, Setup, TestDb, TestKek, aws_config, queue, sample_path};
+
+/// Logins that form duplicate groups: a device shared by d1/d2, an IP by d2/d3 (two spellings).
+const SHARED: [&str; 3] = [
+    r#"{"user_id":"d1","ip":"10.0.0.1","device_id":"dev-shared-1","locale":null}"#,
+    r#"{"user_id":"d2","ip":"10.0.0.9","device_id":"dev-shared-1"}"#,
+    r#"{"user_id":"d3","ip":"010.000.000.009","device_id":"dev-d3"}"#,
+];
+/// Loaded after the rotation: joins the old groups from a new row.
+const LATER: [&str; 2] = [
+    r#"{"user_id":"d4","ip":"10.0.0.1","device_id":"dev-shared-1"}"#,
+    r#"{"user_id":"d5","ip":"2001:db8::5","device_id":"dev-d5"}"#,
+];
+
+fn write(dir: &std::path::Path, name: &str, lines: &[&str]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// User sets of every duplicate group, by device and by IP (independent of token values).
+async fn groups(db: &TestDb) -> BTreeSet<(String, Vec<String>)> {
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT 'device', array_agg(DISTINCT user_id ORDER BY user_id) FROM user_logins GROUP BY masked_device_id
+           HAVING count(DISTINCT user_id) > 1
+         UNION ALL
+         SELECT 'ip', array_agg(DISTINCT user_id ORDER BY user_id) FROM user_logins GROUP BY masked_ip
+           HAVING count(DISTINCT user_id) > 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// (ip, device_id) revealed for each user.
+async fn reveal_all(
+    etl: &Etl,
+    users: &[&str],
+    log: &mut String,
+) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for user in users {
+        let run = etl
+            .run(&["reveal", "--user-id", user, "--reason", "rotation test"])
+            .await;
+        log.push_str(&run.stderr);
+        run.ok();
+        let mut records: Vec<(String, String)> = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| {
+                (
+                    v["ip"].as_str().unwrap().to_owned(),
+                    v["device_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        records.sort();
+        out.insert(user.to_string(), records);
+    }
+    out
+}
+
+async fn step(etl: &Etl, args: &[&str], log: &mut String) -> serde_json::Value {
+    let run = etl.run(args).await;
+    log.push_str(&run.stderr);
+    run.json()
+}
+
+async fn full_cycle(s: &Setup, etl: &Etl) {
+    let dir = tempfile::tempdir().unwrap();
+    let debug = etl.clone().with("RUST_LOG", "debug");
+    let mut log = String::new();
+    step(
+        &debug,
+        &["run", "--input", sample_path().to_str().unwrap()],
+        &mut log,
+    )
+    .await;
+    step(
+        &debug,
+        &[
+            "run",
+            "--input",
+            &write(dir.path(), "shared.jsonl", &SHARED),
+        ],
+        &mut log,
+    )
+    .await;
+    let users = ["424cdd21-063a-43a7-b91b-7ca1a833afae", "d1", "d2", "d3"];
+    let originals = reveal_all(&debug, &users, &mut log).await;
+    assert_eq!(
+        originals["d3"],
+        vec![("010.000.000.009".to_owned(), "dev-d3".to_owned())]
+    );
+    let expected_groups: BTreeSet<(String, Vec<String>)> = [
+        ("device".into(), vec!["d1".into(), "d2".into()]),
+        ("ip".into(), vec!["d2".into(), "d3".into()]),
+    ]
+    .into();
+    assert_eq!(groups(&s.db).await, expected_groups);
+
+    let seal = step(&debug, &["keys", "rotate", "--purpose", "seal"], &mut log).await;
+    assert_eq!(
+        (seal["version"].as_i64(), seal["state"].as_str()),
+        (Some(2), Some("active"))
+    );
+    let token = step(&debug, &["keys", "rotate", "--purpose", "token"], &mut log).await;
+    assert_eq!(
+        (token["version"].as_i64(), token["state"].as_str()),
+        (Some(2), Some("pending"))
+    );
+    assert_eq!(reveal_all(&debug, &users, &mut log).await, originals);
+    assert_eq!(
+        groups(&s.db).await,
+        expected_groups,
+        "a pending token key changes nothing for analysts"
+    );
+
+    // New rows: sealed with v2 at once, tokens still v1 (so they join the old groups).
+    step(
+        &debug,
+        &["run", "--input", &write(dir.path(), "later.jsonl", &LATER)],
+        &mut log,
+    )
+    .await;
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
+            .await,
+        2
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 1")
+            .await,
+        104
+    );
+    let mut later_groups = BTreeSet::new();
+    later_groups.insert((
+        "device".to_owned(),
+        vec!["d1".into(), "d2".into(), "d4".into()],
+    ));
+    later_groups.insert(("ip".to_owned(), vec!["d1".into(), "d4".into()]));
+    later_groups.insert(("ip".to_owned(), vec!["d2".into(), "d3".into()]));
+    assert_eq!(groups(&s.db).await, later_groups);
+    let mut all_users = users.to_vec();
+    all_users.extend(["d4", "d5"]);
+    let all_originals = reveal_all(&debug, &all_users, &mut log).await;
+    assert_eq!(
+        all_originals["d4"],
+        vec![("10.0.0.1".to_owned(), "dev-shared-1".to_owned())]
+    );
+
+    let re = step(
+        &debug,
+        &["keys", "reencrypt", "--batch-size", "7"],
+        &mut log,
+    )
+    .await;
+    assert_eq!(
+        (
+            re["vault"].as_u64(),
+            re["quarantine"].as_u64(),
+            re["failed"].as_u64()
+        ),
+        (Some(102), Some(1), Some(0))
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version <> 2")
+            .await,
+        0
+    );
+    assert_eq!(
+        reveal_all(&debug, &all_users, &mut log).await,
+        all_originals
+    );
+    assert_eq!(groups(&s.db).await, later_groups);
+
+    let tokens_before: Vec<String> =
+        sqlx::query_scalar("SELECT masked_ip FROM user_logins WHERE user_id = 'd1'")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    let rt = step(
+        &debug,
+        &["keys", "retokenize", "--batch-size", "9"],
+        &mut log,
+    )
+    .await;
+    assert_eq!(
+        (rt["retokenized"].as_u64(), rt["token_version"].as_i64()),
+        (Some(104), Some(2))
+    );
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM user_logins WHERE token_version = 2 AND masked_ip LIKE 'v2:%'"
+        )
+        .await,
+        104
+    );
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.token_next").await, 0);
+    let tokens_after: Vec<String> =
+        sqlx::query_scalar("SELECT masked_ip FROM user_logins WHERE user_id = 'd1'")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_ne!(tokens_before, tokens_after);
+    assert_eq!(
+        groups(&s.db).await,
+        later_groups,
+        "same groups under the new token key"
+    );
+    let verified = step(&debug, &["keys", "verify"], &mut log).await;
+    assert_eq!(
+        (
+            verified["vault_rows"].as_u64(),
+            verified["tokens_checked"].as_u64()
+        ),
+        (Some(104), Some(104))
+    );
+
+    // Retire: refused for the active versions, allowed for the old ones, idempotent.
+    let refused = etl
+        .run(&["keys", "retire", "--purpose", "seal", "--version", "2"])
+        .await;
+    assert_eq!(refused.code, 73, "{}", refused.stderr);
+    assert!(refused.stderr.contains("is active"));
+    for purpose in ["seal", "token"] {
+        let out = step(
+            &debug,
+            &["keys", "retire", "--purpose", purpose, "--version", "1"],
+            &mut log,
+        )
+        .await;
+        assert_eq!(out["already"], false);
+    }
+    assert_eq!(
+        step(
+            &debug,
+            &["keys", "retire", "--purpose", "seal", "--version", "1"],
+            &mut log
+        )
+        .await["already"],
+        true
+    );
+    assert_eq!(s.db.count("SELECT count(*) FROM vault.data_keys WHERE state = 'retired' AND wrapped IS NULL AND version = 1").await, 2);
+    step(&debug, &["keys", "verify"], &mut log).await;
+    assert_eq!(
+        reveal_all(&debug, &all_users, &mut log).await,
+        all_originals
+    );
+    assert_eq!(groups(&s.db).await, later_groups);
+    // New loads use the new keys.
+    step(
+        &debug,
+        &[
+            "run",
+            "--input",
+            &write(
+                dir.path(),
+                "last.jsonl",
+                &[r#"{"user_id":"d6","device_id":"dev-shared-1"}"#],
+            ),
+        ],
+        &mut log,
+    )
+    .await;
+    let d6: (i32, i32) = sqlx::query_as(
+        "SELECT u.token_version, p.key_version FROM user_logins u JOIN vault.login_pii p USING (message_id) WHERE u.user_id = 'd6'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(d6, (2, 2));
+    assert!(groups(&s.db).await.contains(&(
+        "device".to_owned(),
+        vec!["d1".into(), "d2".into(), "d4".into(), "d6".into()]
+    )));
+
+    assert_no_secrets(s, &log, &all_originals).await;
+}
+
+/// The debug logs of the whole cycle hold no plaintext, token, or wrapped key.
+async fn assert_no_secrets(
+    s: &Setup,
+    log: &str,
+    originals: &BTreeMap<String, Vec<(String, String)>>,
+) {
+    assert!(
+        log.contains("DEBUG") || log.contains("INFO"),
+        "logs were captured"
+    );
+    for (ip, device) in originals.values().flatten() {
+        assert!(
+            !log.contains(ip.as_str()) && !log.contains(device.as_str()),
+            "{ip}/{device} logged"
+        );
+    }
+    let tokens: Vec<String> =
+        sqlx::query_scalar("SELECT masked_ip FROM user_logins WHERE masked_ip IS NOT NULL")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    for token in tokens {
+        assert!(!log.contains(&token[3..]), "a token was logged");
+    }
+    let wrapped: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT wrapped FROM vault.data_keys WHERE wrapped IS NOT NULL")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    for bytes in wrapped {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert!(
+            !log.contains(&hex::encode(&bytes[..12])) && !log.contains(&b64[..16]),
+            "wrapped key logged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_rotation_cycle_under_a_file_kek() {
+    let s = Setup::new().await;
+    full_cycle(&s, &s.etl).await;
+    s.db.drop_db().await;
+}
+
+async fn kms_key() -> String {
+    let kms = aws_sdk_kms::Client::new(&aws_config().await);
+    kms.create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_rotation_cycle_under_a_kms_kek() {
+    let db = TestDb::new().await;
+    let kek = format!("kms:{}", kms_key().await);
+    let etl = Etl::new(&db.url, &queue(30).await, &kek);
+    etl.run(&["migrate"]).await.ok();
+    etl.run(&["keys", "init"]).await.ok();
+    let s = Setup {
+        db,
+        queue: String::new(),
+        kek: TestKek::new(),
+        etl: etl.clone(),
+    };
+    full_cycle(&s, &etl).await;
+    s.db.drop_db().await;
+}
+
+/// Every data row, as text: equal before and after a rewrap.
+async fn data_fingerprint(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT md5(coalesce((SELECT string_agg(t::text, '|' ORDER BY message_id) FROM user_logins t), '')
+                 || coalesce((SELECT string_agg(t::text, '|' ORDER BY message_id) FROM vault.login_pii t), '')
+                 || coalesce((SELECT string_agg(t::text, '|' ORDER BY message_id) FROM etl.quarantine t), ''))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrap_file_to_kms_to_kms_leaves_data_rows_identical() {
+    let s = Setup::new().await;
+    s.etl
+        .run(&["run", "--input", sample_path().to_str().unwrap()])
+        .await
+        .json();
+    let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+    let before = data_fingerprint(&s.db).await;
+    let (kms1, kms2) = (
+        format!("kms:{}", kms_key().await),
+        format!("kms:{}", kms_key().await),
+    );
+    let mut current = s.etl.clone();
+    for next in [&kms1, &kms2] {
+        let out = current
+            .run(&["keys", "rewrap", "--to-kek", next])
+            .await
+            .json();
+        assert_eq!(out["rewrapped"], 2);
+        let old = current.clone();
+        current = s.etl.clone().with("PIIVAULT_KEK", next);
+        assert_eq!(data_fingerprint(&s.db).await, before, "data rows untouched");
+        let uris: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kek_uri FROM vault.data_keys")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(uris, vec![next.clone()]);
+        let reveal = current
+            .run(&["reveal", "--user-id", user, "--reason", "after rewrap"])
+            .await;
+        reveal.ok();
+        assert!(reveal.stdout.contains("199.172.111.135"));
+        let stale = old
+            .run(&["reveal", "--user-id", user, "--reason", "old kek"])
+            .await;
+        assert_ne!(stale.code, 0, "the previous KEK no longer unwraps the keys");
+        assert_eq!(stale.stdout, "");
+    }
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_killed_midway_completes_on_rerun() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    s.etl
+        .run(&[
+            "seed",
+            "--count",
+            "4000",
+            "--seed",
+            "5",
+            "--output",
+            file.to_str().unwrap(),
+        ])
+        .await
+        .json();
+    s.etl
+        .run(&["run", "--input", file.to_str().unwrap()])
+        .await
+        .json();
+    let total = s.db.count("SELECT count(*) FROM vault.login_pii").await;
+    assert_eq!(total, 4000);
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+    cmd.args(["keys", "reencrypt", "--batch-size", "20"])
+        .env_clear();
+    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
+        .envs(crate::support::stack_env());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let moved = loop {
+        let moved =
+            s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
+                .await;
+        if moved >= 200 {
+            break moved;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let after_kill =
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
+            .await;
+    assert!(
+        after_kill >= moved && after_kill < total,
+        "killed midway: {after_kill} of {total}"
+    );
+
+    let rerun: Run = s
+        .etl
+        .run(&["keys", "reencrypt", "--batch-size", "500"])
+        .await;
+    let out = rerun.json();
+    assert_eq!(
+        out["vault"].as_i64(),
+        Some(total - after_kill),
+        "only the rest, nothing twice"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii").await,
+        total
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
+            .await,
+        total
+    );
+    s.etl.run(&["keys", "verify"]).await.json();
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_presented_with_the_wrong_context_is_refused_and_nothing_is_written() {
+    for kms in [false, true] {
+        let s = if kms {
+            let db = TestDb::new().await;
+            let etl = Etl::new(
+                &db.url,
+                &queue(30).await,
+                &format!("kms:{}", kms_key().await),
+            );
+            etl.run(&["migrate"]).await.ok();
+            etl.run(&["keys", "init"]).await.ok();
+            Setup {
+                db,
+                queue: String::new(),
+                kek: TestKek::new(),
+                etl,
+            }
+        } else {
+            Setup::new().await
+        };
+        // Present the token key's wrapped bytes as the seal key: right KEK, wrong context.
+        sqlx::query(
+            "UPDATE vault.data_keys SET wrapped = (SELECT wrapped FROM vault.data_keys WHERE purpose = 'token')
+             WHERE purpose = 'seal'",
+        )
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+        let run = s
+            .etl
+            .run(&["run", "--input", sample_path().to_str().unwrap()])
+            .await;
+        assert_eq!(run.code, 78, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("cannot unwrap the seal key v1"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 0);
+        assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, 0);
+        s.db.drop_db().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_consumer_follows_rotations_without_restart() {
+    let s = Setup::new().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+    cmd.args(["run", "--wait-time-secs", "1", "--concurrency", "2"])
+        .env_clear();
+    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
+        .envs(crate::support::stack_env());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let bodies = |prefix: &str| -> Vec<String> {
+        (0..20)
+            .map(|i| {
+                format!(
+                    r#"{{"user_id":"{prefix}{i}","ip":"10.1.1.{i}","device_id":"dev-shared-9"}}"#
+                )
+            })
+            .collect()
+    };
+    let wait_for = |n: i64| {
+        let db = &s.db;
+        async move {
+            for _ in 0..150 {
+                if db.count("SELECT count(*) FROM user_logins").await == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("never reached {n} rows");
+        }
+    };
+    crate::support::send(&s.queue, &bodies("a")).await;
+    wait_for(20).await;
+
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
+    crate::support::send(&s.queue, &bodies("b")).await;
+    wait_for(40).await;
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM vault.login_pii WHERE user_id LIKE 'b%' AND key_version = 2"
+        )
+        .await,
+        20,
+        "the running process picked up the new seal key"
+    );
+
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    s.etl.run(&["keys", "retokenize"]).await.json();
+    crate::support::send(&s.queue, &bodies("c")).await;
+    wait_for(60).await;
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 2")
+            .await,
+        60
+    );
+    assert_eq!(
+        s.db.count("SELECT count(DISTINCT masked_device_id) FROM user_logins")
+            .await,
+        1,
+        "one device, one token across old and new rows"
+    );
+    s.etl.run(&["keys", "reencrypt"]).await.json();
+    for purpose in ["seal", "token"] {
+        s.etl
+            .run(&["keys", "retire", "--purpose", purpose, "--version", "1"])
+            .await
+            .json();
+    }
+    s.etl.run(&["keys", "verify"]).await.json();
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["loaded"], 60);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reloaded the keyring"), "{stderr}");
+    s.db.drop_db().await;
+}
