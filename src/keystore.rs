@@ -38,9 +38,23 @@ pub async fn unwrap_row(kek: &Kek, row: &DataKeyRow) -> Result<Option<Unwrapped>
 
 /// Unwraps every usable stored key (once per process, or again after a rotation).
 pub async fn load(pool: &PgPool, kek: &Kek) -> Result<Keyring, Error> {
+    load_only(pool, kek, None).await
+}
+
+/// Unwraps the usable keys of one purpose (or all): an auditor's reveal needs only seal keys, so
+/// its KMS policy can be limited to the `purpose = seal` encryption context.
+pub async fn load_only(
+    pool: &PgPool,
+    kek: &Kek,
+    purpose: Option<Purpose>,
+) -> Result<Keyring, Error> {
     let mut ring = Keyring::default();
-    for row in store::keys::list(pool).await? {
-        let Some(key) = unwrap_row(kek, &row).await? else {
+    let rows = store::keys::list(pool).await?;
+    for row in rows
+        .iter()
+        .filter(|r| purpose.is_none_or(|p| r.purpose == p.as_str()))
+    {
+        let Some(key) = unwrap_row(kek, row).await? else {
             continue;
         };
         let bad = || Error::BadDataKey {

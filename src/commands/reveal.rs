@@ -8,8 +8,9 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Context, print_line};
-use crate::crypto::{Field, Keyring, Sealed};
+use crate::crypto::{Field, Keyring, Purpose, Sealed};
 use crate::error::Error;
+use crate::keystore;
 use crate::store::{self, StoreError, audit::AuditEntry, vault::VaultRow};
 
 /// `etl reveal --user-id ID --reason TEXT [--format json|table]`.
@@ -57,7 +58,8 @@ pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
         }
     };
     let pool = store::connect(url.expose(), var, 1).await?;
-    let keys = ctx.keyring(&pool).await?;
+    // Seal keys only: the auditor's KMS grant can exclude the token keys.
+    let keys = keystore::load_only(&pool, &ctx.kek().await?, Some(Purpose::Seal)).await?;
     let mut tx = pool
         .begin()
         .await

@@ -162,3 +162,29 @@ async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
     assert!(fine.stdout.contains(OTHER_IP));
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reveal_unwraps_seal_keys_only() {
+    let s = loaded().await;
+    // Make every token key unusable: an auditor whose KMS grant excludes token keys is in this spot.
+    sqlx::query("UPDATE vault.data_keys SET wrapped = '\\x00'::bytea WHERE purpose = 'token'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let run = s
+        .etl
+        .run(&["reveal", "--user-id", USER, "--reason", "seal keys suffice"])
+        .await;
+    run.ok();
+    assert!(run.stdout.contains(USER_IP));
+    let etl_run = s
+        .etl
+        .run(&["run", "--input", sample_path().to_str().unwrap()])
+        .await;
+    assert_eq!(
+        etl_run.code, 78,
+        "the ETL does need the token key: {}",
+        etl_run.stderr
+    );
+    s.db.drop_db().await;
+}

@@ -644,3 +644,115 @@ async fn a_running_consumer_follows_rotations_without_restart() {
     assert!(stderr.contains("reloaded the keyring"), "{stderr}");
     s.db.drop_db().await;
 }
+
+/// Runs scripts/rotate-keys.sh with the test's environment.
+async fn runbook(s: &Setup) -> Run {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(std::path::Path::new(crate::support::ROOT).join("scripts/rotate-keys.sh"));
+    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
+        .envs(crate::support::stack_env());
+    cmd.env("ETL", env!("CARGO_BIN_EXE_etl"))
+        .env_remove("RUST_LOG");
+    let out = cmd.output().await.unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn versions(db: &TestDb) -> Vec<(String, i32, String)> {
+    sqlx::query_as("SELECT purpose, version, state FROM vault.data_keys ORDER BY purpose, version")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotating_again() {
+    let s = Setup::new().await;
+    s.etl
+        .run(&["run", "--input", sample_path().to_str().unwrap()])
+        .await
+        .json();
+    let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+
+    let first = runbook(&s).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let state = |p: &str, v: i32, st: &str| (p.to_owned(), v, st.to_owned());
+    assert_eq!(
+        versions(&s.db).await,
+        [
+            state("seal", 1, "retired"),
+            state("seal", 2, "active"),
+            state("token", 1, "retired"),
+            state("token", 2, "active")
+        ]
+    );
+
+    // Break one sealed value: the second rotation fails at reencrypt, non-zero, keys not retired.
+    let victim: String =
+        sqlx::query_scalar("SELECT message_id FROM vault.login_pii WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    let good: Vec<u8> =
+        sqlx::query_scalar("SELECT ip_sealed FROM vault.login_pii WHERE message_id = $1")
+            .bind(&victim)
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    let set_ip = |bytes: Vec<u8>| {
+        let (pool, id) = (s.db.pool.clone(), victim.clone());
+        async move {
+            sqlx::query("UPDATE vault.login_pii SET ip_sealed = $2 WHERE message_id = $1")
+                .bind(id)
+                .bind(bytes)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let mut broken = good.clone();
+    *broken.last_mut().unwrap() ^= 1;
+    set_ip(broken).await;
+    let failed = runbook(&s).await;
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("integrity error") && failed.stderr.contains(&victim),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        versions(&s.db)
+            .await
+            .contains(&state("seal", 2, "previous"))
+    );
+
+    // Repair, re-run: finishes the same rotation (v3), does not start a v4.
+    set_ip(good).await;
+    let rerun = runbook(&s).await;
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    assert!(rerun.stderr.contains("finishing it without rotating again"));
+    assert_eq!(
+        versions(&s.db).await,
+        [
+            state("seal", 1, "retired"),
+            state("seal", 2, "retired"),
+            state("seal", 3, "active"),
+            state("token", 1, "retired"),
+            state("token", 2, "retired"),
+            state("token", 3, "active")
+        ]
+    );
+    let reveal = s
+        .etl
+        .run(&["reveal", "--user-id", user, "--reason", "after runbook"])
+        .await;
+    reveal.ok();
+    assert!(
+        reveal.stdout.contains("199.172.111.135") && reveal.stdout.contains("\"key_version\":3")
+    );
+    s.db.drop_db().await;
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Key rotation runbook as one script: rotate the seal and token keys, move every row to the new
+# versions, verify, then retire (crypto-shred) the old versions.
+#
+#   DATABASE_URL=<admin login> PIIVAULT_KEK=<kms:... | file:...> scripts/rotate-keys.sh
+#
+# Safe to re-run after a failure at any step: when a rotation is already in progress (an old
+# version not yet retired, or a pending token key) it does not rotate again, it finishes that
+# one. Exits non-zero on the first failing step. Running `etl run` instances need no restart:
+# they switch to the new keys at their next batch. ETL=<path> selects the binary (default: `etl`
+# on PATH, else target/release/etl).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+etl=${ETL:-$(command -v etl || echo target/release/etl)}
+[ -x "$etl" ] || { echo "rotate-keys: no etl binary at $etl (set ETL=...)" >&2; exit 69; }
+: "${DATABASE_URL:?rotate-keys: set DATABASE_URL to an admin login}"
+: "${PIIVAULT_KEK:?rotate-keys: set PIIVAULT_KEK}"
+
+say() { echo "rotate-keys: $*" >&2; }
+# `keys status --format json` prints one object per key with sorted fields (purpose before state).
+keys() { "$etl" keys status --format json; }
+unfinished() { keys | grep -E '"state":"(previous|pending)"' || true; }
+
+if [ -n "$(unfinished)" ]; then
+  say "a rotation is in progress; finishing it without rotating again"
+else
+  say "1/5 rotate"
+  "$etl" keys rotate --purpose seal
+  "$etl" keys rotate --purpose token
+fi
+say "2/5 reencrypt (vault and quarantine to the active seal key)"
+"$etl" keys reencrypt
+say "3/5 retokenize (stage new tokens, then swap them in at once)"
+"$etl" keys retokenize
+say "4/5 verify"
+"$etl" keys verify
+say "5/5 retire old versions"
+keys | grep '"state":"previous"' | sed -E 's/.*"purpose":"([a-z]+)".*"version":([0-9]+).*/\1 \2/' |
+  while read -r purpose version; do
+    "$etl" keys retire --purpose "$purpose" --version "$version"
+  done
+[ -z "$(unfinished)" ] || { say "old versions are still present:"; unfinished >&2; exit 1; }
+"$etl" keys status
+say "done"
