@@ -149,7 +149,7 @@ pub async fn count_unstaged(pool: &PgPool) -> Result<i64, StoreError> {
     .map_err(during("counting rows to re-tokenize"))
 }
 
-/// The next page of rows to re-tokenize, with their sealed originals.
+/// Rows not staged yet, with their sealed originals (the swap's final pass, under lock).
 pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
     executor: E,
     after: &str,
@@ -167,6 +167,31 @@ pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
     .fetch_all(executor)
     .await
     .map_err(during("reading rows to re-tokenize"))
+}
+
+/// The next page of vault rows after `after`, in `message_id` order (a plain index range).
+pub async fn vault_page(
+    pool: &PgPool,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
+         WHERE message_id > $1 ORDER BY message_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(during("reading vault rows to re-tokenize"))
+}
+
+/// The highest staged message id: staging runs in id order, so a re-run resumes after it.
+pub async fn last_staged(pool: &PgPool) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT max(message_id) FROM etl.token_next")
+        .fetch_one(pool)
+        .await
+        .map_err(during("reading the staged tokens"))
 }
 
 /// Stages new-version tokens: (message id, masked ip, masked device id).
@@ -292,4 +317,50 @@ pub async fn rows_using(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<
         .fetch_one(&mut **tx)
         .await
         .map_err(during("counting rows that use a key"))
+}
+
+/// [`reseal_vault`] in its own committed transaction (owned arguments: it can run as a task).
+pub async fn commit_resealed_vault(pool: PgPool, rows: Vec<Resealed>) -> Result<u64, StoreError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(during("starting a transaction"))?;
+    let n = reseal_vault(&mut tx, &rows).await?;
+    tx.commit()
+        .await
+        .map_err(during("committing re-encrypted rows"))?;
+    Ok(n)
+}
+
+/// [`reseal_quarantine`] in its own committed transaction.
+pub async fn commit_resealed_quarantine(
+    pool: PgPool,
+    rows: Vec<(String, i32, i32, Vec<u8>)>,
+) -> Result<u64, StoreError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(during("starting a transaction"))?;
+    let n = reseal_quarantine(&mut tx, &rows).await?;
+    tx.commit()
+        .await
+        .map_err(during("committing re-encrypted rows"))?;
+    Ok(n)
+}
+
+/// [`stage_tokens`] in its own committed transaction.
+pub async fn commit_staged(
+    pool: PgPool,
+    version: i32,
+    rows: Vec<(String, Option<String>, Option<String>)>,
+) -> Result<u64, StoreError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(during("starting a transaction"))?;
+    let n = stage_tokens(&mut tx, version, &rows).await?;
+    tx.commit()
+        .await
+        .map_err(during("committing staged tokens"))?;
+    Ok(n)
 }

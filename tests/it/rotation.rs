@@ -126,6 +126,33 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
         expected_groups,
         "a pending token key changes nothing for analysts"
     );
+    let in_use = etl
+        .run(&["keys", "retire", "--purpose", "seal", "--version", "1"])
+        .await;
+    assert_eq!(in_use.code, 73, "{}", in_use.stderr);
+    assert!(
+        in_use
+            .stderr
+            .contains("seal key v1 still protects 103 row(s)"),
+        "{}",
+        in_use.stderr
+    );
+    let active = etl
+        .run(&["keys", "retire", "--purpose", "token", "--version", "1"])
+        .await;
+    assert!(
+        active.code == 73 && active.stderr.contains("is active"),
+        "{}",
+        active.stderr
+    );
+    let pending = etl
+        .run(&["keys", "retire", "--purpose", "token", "--version", "2"])
+        .await;
+    assert!(
+        pending.code == 73 && pending.stderr.contains("is pending"),
+        "{}",
+        pending.stderr
+    );
 
     // New rows: sealed with v2 at once, tokens still v1 (so they join the old groups).
     step(
@@ -754,5 +781,82 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
     assert!(
         reveal.stdout.contains("199.172.111.135") && reveal.stdout.contains("\"key_version\":3")
     );
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    s.etl
+        .run(&[
+            "seed",
+            "--count",
+            "3000",
+            "--seed",
+            "6",
+            "--output",
+            file.to_str().unwrap(),
+        ])
+        .await
+        .json();
+    s.etl
+        .run(&["run", "--input", file.to_str().unwrap()])
+        .await
+        .json();
+    let before = groups(&s.db).await;
+    assert!(
+        !before.is_empty(),
+        "the synthetic data has duplicate groups"
+    );
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+    cmd.args(["keys", "retokenize", "--batch-size", "20"])
+        .env_clear();
+    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
+        .envs(crate::support::stack_env());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    loop {
+        if s.db.count("SELECT count(*) FROM etl.token_next").await >= 200 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let staged = s.db.count("SELECT count(*) FROM etl.token_next").await;
+    let total = s.db.count("SELECT count(*) FROM user_logins").await;
+    assert!(staged < total, "killed while staging: {staged} of {total}");
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 1")
+            .await,
+        total
+    );
+    assert_eq!(
+        groups(&s.db).await,
+        before,
+        "analysts see the old, complete token version meanwhile"
+    );
+
+    let out = s.etl.run(&["keys", "retokenize"]).await.json();
+    assert_eq!(out["retokenized"].as_i64(), Some(total));
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 2")
+            .await,
+        total
+    );
+    assert_eq!(groups(&s.db).await, before, "same groups under the new key");
+    s.etl.run(&["keys", "verify"]).await.json();
     s.db.drop_db().await;
 }

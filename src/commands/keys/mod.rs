@@ -12,6 +12,7 @@ mod rewrap;
 mod rotate;
 mod status;
 mod verify;
+mod write_behind;
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -52,13 +53,13 @@ enum KeysVerb {
     /// Move every vault value and quarantined body sealed under an older seal key to the active one.
     Reencrypt {
         /// Rows per transaction.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
     /// Give every row the pending token version's tokens, then switch all rows at once.
     Retokenize {
         /// Rows per transaction.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
     /// Destroy an old key version (crypto-shredding); refused while any row uses it.
@@ -73,7 +74,7 @@ enum KeysVerb {
     /// Open every sealed value and recompute every token; non-zero exit on any mismatch.
     Verify {
         /// Rows per read.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
 }

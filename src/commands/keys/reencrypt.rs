@@ -7,11 +7,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::progress::Progress;
+use super::write_behind::WriteBehind;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Field, Purpose, Sealed};
 use crate::error::Error;
 use crate::protect::reseal;
-use crate::store::StoreError;
 use crate::store::rotation::{self, Resealed};
 
 /// Re-seals in batches of `batch` rows.
@@ -23,7 +23,8 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let version = to.version().0 as i32;
     let (vault_total, quarantine_total) = rotation::count_not_sealed_at(&pool, version).await?;
     let mut progress = Progress::new("reencrypt", (vault_total + quarantine_total) as u64);
-    let (mut vault, mut quarantine, mut failed) = (0u64, 0u64, 0u64);
+    let mut failed = 0u64;
+    let mut vault_writes = WriteBehind::default();
 
     let mut after = String::new();
     loop {
@@ -62,17 +63,14 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 }
             }
         }
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(StoreError::during("starting a transaction"))?;
-        vault += rotation::reseal_vault(&mut tx, &resealed).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::during("committing re-encrypted rows"))?;
+        vault_writes
+            .submit(rotation::commit_resealed_vault(pool.clone(), resealed))
+            .await?;
         progress.add(rows.len() as u64);
     }
 
+    let vault = vault_writes.finish().await?;
+    let mut quarantine_writes = WriteBehind::default();
     let mut after = String::new();
     loop {
         let rows = rotation::quarantine_not_at(&pool, version, &after, batch).await?;
@@ -99,16 +97,12 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 }
             }
         }
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(StoreError::during("starting a transaction"))?;
-        quarantine += rotation::reseal_quarantine(&mut tx, &resealed).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::during("committing re-encrypted rows"))?;
+        quarantine_writes
+            .submit(rotation::commit_resealed_quarantine(pool.clone(), resealed))
+            .await?;
         progress.add(rows.len() as u64);
     }
+    let quarantine = quarantine_writes.finish().await?;
     progress.finish();
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     print_line(

@@ -1,7 +1,7 @@
 //! `etl keys retokenize`: give every analysts' row the pending token version, then switch.
 //!
-//! Phase 1 (batched, resumable): each row's originals are opened from the vault and its new
-//! tokens are staged in `etl.token_next`; analysts still see the active version only. Phase 2
+//! Phase 1 (batched, resumable): each vault row's originals are opened and its new tokens are
+//! staged in `etl.token_next`; analysts still see the active version only. Phase 2
 //! (one transaction): writers of `user_logins` are held back, rows added meanwhile are staged,
 //! every staged token replaces the old one and the pending key becomes active. Duplicate
 //! queries therefore never mix token versions. Without a pending key this is a no-op.
@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::progress::Progress;
+use super::write_behind::WriteBehind;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Keyring, Sealed, Token, TokenKey};
 use crate::error::Error;
@@ -33,23 +34,24 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     rotation::discard_stale_staged(&pool, version).await?;
     let mut progress = Progress::new("retokenize", rotation::count_unstaged(&pool).await? as u64);
     let mut failed = 0u64;
-    let mut after = String::new();
+    let mut writes = WriteBehind::default();
+    // Staging runs in message_id order, one write in flight: the staged ids form a prefix, so a
+    // re-run resumes after the last one. Rows a writer adds behind that point meanwhile are
+    // caught by the swap's final pass.
+    let mut after = rotation::last_staged(&pool).await?.unwrap_or_default();
     loop {
-        let rows = rotation::unstaged(&pool, &after, batch).await?;
+        let rows = rotation::vault_page(&pool, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let staged = stage(&keys, pending, &rows, &mut failed);
-        let mut tx = pool
-            .begin()
-            .await
-            .map_err(StoreError::during("starting a transaction"))?;
-        rotation::stage_tokens(&mut tx, version, &staged).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::during("committing staged tokens"))?;
+        writes
+            .submit(rotation::commit_staged(pool.clone(), version, staged))
+            .await?;
         progress.add(rows.len() as u64);
     }
+    writes.finish().await?;
     progress.finish();
+    let staged_seconds = started.elapsed().as_secs_f64();
     if failed > 0 {
         return Err(Error::Verify {
             failed,
@@ -85,9 +87,13 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         version,
         "token key active; old version can be retired"
     );
-    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    let round = |s: f64| (s * 100.0).round() / 100.0;
+    let seconds = started.elapsed().as_secs_f64();
+    // swap_seconds is how long writers of user_logins were held back.
     print_line(
-        &json!({"retokenized": swapped, "token_version": version, "seconds": seconds}).to_string(),
+        &json!({"retokenized": swapped, "token_version": version, "seconds": round(seconds),
+                "stage_seconds": round(staged_seconds), "swap_seconds": round(seconds - staged_seconds)})
+        .to_string(),
     )
 }
 
