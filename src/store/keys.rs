@@ -40,6 +40,17 @@ pub async fn lock(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Starts a transaction holding the key-table lock; returns it with every stored key.
+pub async fn begin_locked(pool: &PgPool) -> Result<(Tx<'static>, Vec<DataKeyRow>), StoreError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(StoreError::during("starting a transaction"))?;
+    lock(&mut tx).await?;
+    let rows = list_in(&mut tx).await?;
+    Ok((tx, rows))
+}
+
 /// Every stored key, read inside a transaction (after [`lock`]).
 pub async fn list_in(tx: &mut Tx<'_>) -> Result<Vec<DataKeyRow>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -1,24 +1,11 @@
 //! The AWS KMS key-encryption key, against the emulator's KMS.
 
-use crate::support::{Etl, TestDb, aws_config, queue, sample_path};
-
-async fn kms_key() -> String {
-    let kms = aws_sdk_kms::Client::new(&aws_config().await);
-    kms.create_key()
-        .description("piivault test KEK")
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id
-}
+use crate::support::{Etl, TestDb, kms_kek, queue, sample_path};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
     let db = TestDb::new().await;
-    let key = kms_key().await;
-    let kek = format!("kms:{key}");
+    let kek = kms_kek().await;
     let etl = Etl::new(&db.url, &queue(30).await, &kek);
     etl.run(&["migrate"]).await.ok();
     let init = etl.run(&["keys", "init"]).await.json();
@@ -51,7 +38,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
         reveal.stdout
     );
 
-    let other = format!("kms:{}", kms_key().await);
+    let other = kms_kek().await;
     let refused = etl
         .clone()
         .with("PIIVAULT_KEK", &other)

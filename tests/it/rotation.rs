@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{Etl, Run, Setup, TestDb, TestKek, aws_config, queue, sample_path};
+use crate::support::{Etl, Run, Setup, TestDb, TestKek, kms_kek, queue, sample_path};
 
 /// Logins that form duplicate groups: a device shared by d1/d2, an IP by d2/d3 (two spellings).
 const SHARED: [&str; 3] = [
@@ -361,21 +361,10 @@ async fn full_rotation_cycle_under_a_file_kek() {
     s.db.drop_db().await;
 }
 
-async fn kms_key() -> String {
-    let kms = aws_sdk_kms::Client::new(&aws_config().await);
-    kms.create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn full_rotation_cycle_under_a_kms_kek() {
     let db = TestDb::new().await;
-    let kek = format!("kms:{}", kms_key().await);
+    let kek = kms_kek().await;
     let etl = Etl::new(&db.url, &queue(30).await, &kek);
     etl.run(&["migrate"]).await.ok();
     etl.run(&["keys", "init"]).await.ok();
@@ -410,10 +399,7 @@ async fn rewrap_file_to_kms_to_kms_leaves_data_rows_identical() {
         .json();
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
     let before = data_fingerprint(&s.db).await;
-    let (kms1, kms2) = (
-        format!("kms:{}", kms_key().await),
-        format!("kms:{}", kms_key().await),
-    );
+    let (kms1, kms2) = (kms_kek().await, kms_kek().await);
     let mut current = s.etl.clone();
     for next in [&kms1, &kms2] {
         let out = current
@@ -471,14 +457,7 @@ async fn reencrypt_killed_midway_completes_on_rerun() {
         .await
         .json();
 
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-    cmd.args(["keys", "reencrypt", "--batch-size", "20"])
-        .env_clear();
-    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
-        .envs(crate::support::stack_env());
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = s.etl.spawn(&["keys", "reencrypt", "--batch-size", "20"]);
     let moved = loop {
         let moved =
             s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
@@ -530,11 +509,7 @@ async fn a_key_presented_with_the_wrong_context_is_refused_and_nothing_is_writte
     for kms in [false, true] {
         let s = if kms {
             let db = TestDb::new().await;
-            let etl = Etl::new(
-                &db.url,
-                &queue(30).await,
-                &format!("kms:{}", kms_key().await),
-            );
+            let etl = Etl::new(&db.url, &queue(30).await, &kms_kek().await);
             etl.run(&["migrate"]).await.ok();
             etl.run(&["keys", "init"]).await.ok();
             Setup {
@@ -573,14 +548,9 @@ async fn a_key_presented_with_the_wrong_context_is_refused_and_nothing_is_writte
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_consumer_follows_rotations_without_restart() {
     let s = Setup::new().await;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-    cmd.args(["run", "--wait-time-secs", "1", "--concurrency", "2"])
-        .env_clear();
-    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
-        .envs(crate::support::stack_env());
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = s
+        .etl
+        .spawn(&["run", "--wait-time-secs", "1", "--concurrency", "2"]);
     let bodies = |prefix: &str| -> Vec<String> {
         (0..20)
             .map(|i| {
@@ -815,14 +785,7 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
         .await
         .json();
 
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-    cmd.args(["keys", "retokenize", "--batch-size", "20"])
-        .env_clear();
-    cmd.envs(s.etl.vars.iter().map(|(k, v)| (k, v)))
-        .envs(crate::support::stack_env());
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = s.etl.spawn(&["keys", "retokenize", "--batch-size", "20"]);
     loop {
         if s.db.count("SELECT count(*) FROM etl.token_next").await >= 200 {
             break;

@@ -7,14 +7,7 @@ use crate::support::{Setup, queue_depth, sample_bodies, send};
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_polling_commits_and_prints_the_summary() {
     let s = Setup::new().await;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-    cmd.args(["run", "--wait-time-secs", "20"])
-        .stdin(std::process::Stdio::null());
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd.env_clear().envs(s.etl.vars.iter().map(|(k, v)| (k, v)));
-    cmd.envs(crate::support::stack_env());
-    let child = cmd.spawn().unwrap();
+    let child = s.etl.spawn(&["run", "--wait-time-secs", "20"]);
 
     send(&s.queue, &sample_bodies()).await;
     // Wait until everything is loaded (the process keeps long-polling afterwards).

@@ -295,7 +295,8 @@ impl Etl {
         self
     }
 
-    pub async fn run(&self, args: &[&str]) -> Run {
+    /// The `etl` command with this environment (stdin closed), to run or to spawn.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         stack();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
         cmd.args(args).stdin(Stdio::null());
@@ -313,13 +314,36 @@ impl Etl {
         for name in &self.removed {
             cmd.env_remove(name);
         }
-        let out = cmd.output().await.expect("cannot start etl");
+        cmd
+    }
+
+    /// Starts `etl` in the background with stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().expect("cannot start etl")
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().await.expect("cannot start etl");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// A fresh KMS key on the emulator, as a `kms:` KEK URI.
+pub async fn kms_kek() -> String {
+    let kms = aws_sdk_kms::Client::new(&aws_config().await);
+    let key = kms
+        .create_key()
+        .description("piivault test KEK")
+        .send()
+        .await
+        .unwrap();
+    format!("kms:{}", key.key_metadata.unwrap().key_id)
 }
 
 /// A migrated database with keys, a queue and a KEK: the usual starting point.

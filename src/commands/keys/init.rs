@@ -11,12 +11,8 @@ use crate::store::{self, StoreError};
 pub async fn run(ctx: &Context) -> Result<(), Error> {
     let kek = ctx.kek().await?;
     let pool = ctx.pool(1).await?;
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(StoreError::during("starting a transaction"))?;
-    store::keys::lock(&mut tx).await?;
-    let existing = store::keys::list_in(&mut tx).await?.len();
+    let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
+    let existing = rows.len();
     if existing > 0 {
         return Err(Error::KeysExist(existing as i64));
     }

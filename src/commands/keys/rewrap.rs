@@ -16,13 +16,9 @@ pub async fn run(ctx: &Context, to: &str) -> Result<(), Error> {
     let to = Kek::open(&to.parse::<KekUri>()?).await?;
     let to_uri = to.uri().to_string();
     let pool = ctx.pool(1).await?;
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(StoreError::during("starting a transaction"))?;
-    store::keys::lock(&mut tx).await?;
+    let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let mut rewrapped = 0;
-    for row in store::keys::list_in(&mut tx).await? {
+    for row in rows {
         let Some(key) = keystore::unwrap_row(&from, &row).await? else {
             continue; // retired: nothing left to wrap
         };

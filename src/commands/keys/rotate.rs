@@ -15,12 +15,7 @@ use crate::store::{self, StoreError};
 pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
     let kek = ctx.kek().await?;
     let pool = ctx.pool(1).await?;
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(StoreError::during("starting a transaction"))?;
-    store::keys::lock(&mut tx).await?;
-    let rows = store::keys::list_in(&mut tx).await?;
+    let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let mine: Vec<_> = rows
         .iter()
         .filter(|r| r.purpose == purpose.as_str())
