@@ -14,9 +14,10 @@ ALTER TABLE vault.data_keys
 CREATE UNIQUE INDEX IF NOT EXISTS data_keys_one_active ON vault.data_keys (purpose) WHERE state = 'active';
 CREATE UNIQUE INDEX IF NOT EXISTS data_keys_one_pending ON vault.data_keys (purpose) WHERE state = 'pending';
 
--- Rotation jobs find rows by version.
+-- retire counts the rows still using a version (while writers wait: keep it an index lookup).
 CREATE INDEX IF NOT EXISTS login_pii_key_version_idx ON vault.login_pii (key_version);
 CREATE INDEX IF NOT EXISTS quarantine_key_version_idx ON etl.quarantine (key_version);
+CREATE INDEX IF NOT EXISTS user_logins_token_version_idx ON user_logins (token_version);
 
 -- New-version tokens, staged; analysts keep seeing one consistent version until the swap.
 CREATE TABLE IF NOT EXISTS etl.token_next(

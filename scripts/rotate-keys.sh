@@ -17,17 +17,19 @@ etl=${ETL:-$(command -v etl || echo target/release/etl)}
 : "${PIIVAULT_KEK:?rotate-keys: set PIIVAULT_KEK}"
 
 say() { echo "rotate-keys: $*" >&2; }
-# `keys status --format json` prints one object per key with sorted fields (purpose before state).
-keys() { "$etl" keys status --format json; }
-unfinished() { keys | grep -E '"state":"(previous|pending)"' || true; }
+# `keys status --format json`: one compact object per key, fields sorted (purpose before state).
+status() { "$etl" keys status --format json; }
+has() { grep -Eq "\"purpose\":\"$1\".*\"state\":\"($2)\"" <<<"$keys"; }
 
-if [ -n "$(unfinished)" ]; then
-  say "a rotation is in progress; finishing it without rotating again"
-else
-  say "1/5 rotate"
-  "$etl" keys rotate --purpose seal
-  "$etl" keys rotate --purpose token
-fi
+# A purpose whose old version is not retired yet (or whose token key is pending) is mid-rotation:
+# finish it instead of rotating again. Decided per purpose, so a failure between the two
+# rotations is completed by the re-run.
+keys=$(status)
+say "1/5 rotate"
+if has seal previous; then say "seal: a rotation is in progress; finishing it"
+else "$etl" keys rotate --purpose seal; fi
+if has token 'previous|pending'; then say "token: a rotation is in progress; finishing it"
+else "$etl" keys rotate --purpose token; fi
 say "2/5 reencrypt (vault and quarantine to the active seal key)"
 "$etl" keys reencrypt
 say "3/5 retokenize (stage new tokens, then swap them in at once)"
@@ -35,10 +37,15 @@ say "3/5 retokenize (stage new tokens, then swap them in at once)"
 say "4/5 verify"
 "$etl" keys verify
 say "5/5 retire old versions"
-keys | grep '"state":"previous"' | sed -E 's/.*"purpose":"([a-z]+)".*"version":([0-9]+).*/\1 \2/' |
+keys=$(status)
+{ grep '"state":"previous"' <<<"$keys" || true; } |
+  sed -E 's/.*"purpose":"([a-z]+)".*"version":([0-9]+).*/\1 \2/' |
   while read -r purpose version; do
     "$etl" keys retire --purpose "$purpose" --version "$version"
   done
-[ -z "$(unfinished)" ] || { say "old versions are still present:"; unfinished >&2; exit 1; }
+keys=$(status)
+if has '[a-z]+' 'previous|pending'; then
+  say "old or pending versions are still present:"; echo "$keys" >&2; exit 1
+fi
 "$etl" keys status
 say "done"

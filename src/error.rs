@@ -110,7 +110,7 @@ impl Error {
             },
             Error::Store(e) => match e {
                 StoreError::Connect { .. } | StoreError::Unavailable { .. } => UNAVAILABLE,
-                StoreError::Conflict { .. } => TEMP_FAIL,
+                StoreError::Conflict { .. } | StoreError::Stale { .. } => TEMP_FAIL,
                 StoreError::NotMigrated { .. } => CONFIG,
                 StoreError::PermissionDenied { .. } => NO_PERMISSION,
                 StoreError::Migrate(_) | StoreError::Query { .. } => SOFTWARE,

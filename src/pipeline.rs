@@ -89,35 +89,45 @@ impl Counters {
 pub struct Pipeline {
     pool: PgPool,
     kek: Kek,
-    keys: RwLock<Arc<Keyring>>,
+    keys: RwLock<Arc<Loaded>>,
+}
+
+/// A keyring and the key states it was loaded under.
+struct Loaded {
+    keys: Keyring,
+    fingerprint: String,
 }
 
 impl Pipeline {
     /// A pipeline writing with the active seal and token keys, unwrapped by `kek`.
     pub async fn load(pool: PgPool, kek: Kek) -> Result<Pipeline, Error> {
-        let keys = Self::checked(keystore::load(&pool, &kek).await?)?;
+        let loaded = Self::load_keys(&pool, &kek).await?;
         Ok(Pipeline {
             pool,
             kek,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(Arc::new(loaded)),
         })
     }
 
-    fn checked(keys: Keyring) -> Result<Keyring, Error> {
+    async fn load_keys(pool: &PgPool, kek: &Kek) -> Result<Loaded, Error> {
+        // Fingerprint first: a change that lands while the keys load is noticed at the next batch.
+        let fingerprint = store::keys::fingerprint(pool).await?;
+        let keys = keystore::load(pool, kek).await?;
         keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
         keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
-        Ok(keys)
+        Ok(Loaded { keys, fingerprint })
     }
 
-    fn keys(&self) -> Arc<Keyring> {
+    fn loaded(&self) -> Arc<Loaded> {
         self.keys.read().expect("keyring lock poisoned").clone()
     }
 
-    /// Reloads the keyring after `etl keys rotate` (or a token swap) changed the active versions.
+    /// Reloads the keyring after a key change (rotation, token swap, retirement: a retired key
+    /// also leaves this process's memory).
     async fn reload(&self) -> Result<(), Error> {
-        let keys = Self::checked(keystore::load(&self.pool, &self.kek).await?)?;
+        let loaded = Self::load_keys(&self.pool, &self.kek).await?;
         tracing::info!("data keys changed; reloaded the keyring");
-        *self.keys.write().expect("keyring lock poisoned") = Arc::new(keys);
+        *self.keys.write().expect("keyring lock poisoned") = Arc::new(loaded);
         Ok(())
     }
 
@@ -127,17 +137,17 @@ impl Pipeline {
         let newest = newest_deliveries(batch);
         let mut attempt = 1;
         loop {
-            let keys = self.keys();
+            let loaded = self.loaded();
             let write_keys = WriteKeys {
-                seal: keys.active_seal().expect("checked on load"),
-                token: keys.active_token().expect("checked on load"),
+                seal: loaded.keys.active_seal().expect("checked on load"),
+                token: loaded.keys.active_token().expect("checked on load"),
             };
             let now = Utc::now();
             let records: Vec<Record> = newest
                 .iter()
                 .map(|&i| protect::protect(write_keys, &batch[i], now))
                 .collect();
-            match self.write(&records, write_keys).await {
+            match self.write(&records, &loaded.fingerprint).await {
                 Ok(Some(counts)) => return Ok((counts, newest)),
                 Ok(None) if attempt < WRITE_ATTEMPTS => self.reload().await?,
                 Err(StoreError::Conflict { .. }) if attempt < WRITE_ATTEMPTS => {
@@ -150,13 +160,14 @@ impl Pipeline {
         }
     }
 
-    /// Writes and commits, unless the active key versions changed meanwhile (`Ok(None)`: rolled
-    /// back). The check runs after the inserts, so a concurrent rotation either sees these rows
-    /// (it waits for this commit) or makes this check fail.
+    /// Writes and commits, unless the key states changed since the keyring was loaded (`Ok(None)`:
+    /// rolled back). The check runs after the inserts: a rotation locks the tables written here,
+    /// so it either waits for this commit (and then sees these rows) or commits first (and then
+    /// this check fails).
     async fn write(
         &self,
         records: &[Record],
-        keys: WriteKeys<'_>,
+        fingerprint: &str,
     ) -> Result<Option<BatchCounts>, StoreError> {
         let mut tx = self
             .pool
@@ -164,13 +175,7 @@ impl Pipeline {
             .await
             .map_err(StoreError::during("starting a transaction"))?;
         let counts = writer::write_batch(&mut tx, records).await?;
-        let active = store::keys::active_versions(&mut tx).await?;
-        if active
-            != (
-                Some(keys.seal.version().0 as i32),
-                Some(keys.token.version().0 as i32),
-            )
-        {
+        if store::keys::fingerprint(&mut *tx).await? != fingerprint {
             return Ok(None);
         }
         tx.commit()

@@ -134,18 +134,60 @@ pub async fn shred(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<(), S
     Ok(())
 }
 
-/// The active (seal, token) versions as committed now; writers compare them with the versions
-/// they hold before committing a batch.
-pub async fn active_versions(tx: &mut Tx<'_>) -> Result<(Option<i32>, Option<i32>), StoreError> {
-    let rows: Vec<(String, i32)> =
-        sqlx::query_as("SELECT purpose, version FROM vault.data_keys WHERE state = 'active'")
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(StoreError::during("reading the active key versions"))?;
-    let find = |p: &str| {
-        rows.iter()
-            .find(|(purpose, _)| purpose == p)
-            .map(|(_, v)| *v)
-    };
-    Ok((find("seal"), find("token")))
+/// A summary of every key's purpose, version and state: writers compare it before committing a
+/// batch and reload their keyring when it changed (rotation, token swap, retirement).
+pub async fn fingerprint<'c, E: sqlx::Executor<'c, Database = Postgres>>(
+    executor: E,
+) -> Result<String, StoreError> {
+    sqlx::query_scalar(
+        "SELECT coalesce(string_agg(purpose || ':' || version || ':' || state, ',' ORDER BY purpose, version), '')
+         FROM vault.data_keys",
+    )
+    .fetch_one(executor)
+    .await
+    .map_err(StoreError::during("reading the key states"))
+}
+
+/// The state of one key, read in the caller's transaction.
+pub async fn state(
+    tx: &mut Tx<'_>,
+    purpose: &str,
+    version: i32,
+) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT state FROM vault.data_keys WHERE purpose = $1 AND version = $2")
+        .bind(purpose)
+        .bind(version)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::during("reading a key state"))
+}
+
+/// Advisory lock key shared by every `etl keys` job ("piivault" in ASCII).
+const JOB_LOCK: i64 = 0x7069_6976_6175_6c74;
+
+/// Held while one `etl keys` job runs; released when dropped (its connection closes).
+pub struct JobLock(#[allow(dead_code)] sqlx::PgConnection);
+
+/// Takes the key-job lock, or `None` when another key job holds it.
+pub async fn try_job_lock(pool: &PgPool) -> Result<Option<JobLock>, StoreError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(StoreError::during("connecting for the key-job lock"))?
+        .detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(JOB_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(StoreError::during("taking the key-job lock"))?;
+    Ok(locked.then_some(JobLock(conn)))
+}
+
+/// Compacts the key table so shredded key bytes leave the heap (best effort; needs ownership).
+pub async fn vacuum(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("VACUUM vault.data_keys")
+        .execute(pool)
+        .await
+        .map_err(StoreError::during("vacuuming vault.data_keys"))?;
+    Ok(())
 }

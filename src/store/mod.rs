@@ -37,6 +37,11 @@ pub enum StoreError {
         "{what} failed: the transaction conflicted with another one ({detail}). Nothing was committed; retry."
     )]
     Conflict { what: &'static str, detail: String },
+    /// A key job's target key stopped being usable while it ran (nothing of that batch committed).
+    #[error(
+        "{what}: the target key changed while the job ran; nothing of that batch was written. Re-run the command."
+    )]
+    Stale { what: &'static str },
     /// The connection broke or timed out mid-way.
     #[error("{what} failed: Postgres became unreachable ({detail}). Nothing was committed; retry.")]
     Unavailable { what: &'static str, detail: String },

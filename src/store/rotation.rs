@@ -289,6 +289,16 @@ pub async fn quarantine_page(
     .map_err(during("reading quarantine rows to verify"))
 }
 
+/// Blocks writers of sealed values until the transaction ends, and waits for those in flight
+/// (for `keys rotate --purpose seal`: after it commits, no batch can commit under the old key).
+pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    sqlx::query("LOCK TABLE vault.login_pii, etl.quarantine IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut **tx)
+        .await
+        .map_err(during("locking the sealed tables"))?;
+    Ok(())
+}
+
 /// Blocks every writer of protected rows until the transaction ends (for `keys retire`).
 pub async fn lock_protected_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     sqlx::query(
@@ -319,22 +329,43 @@ pub async fn rows_using(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<
         .map_err(during("counting rows that use a key"))
 }
 
+/// Rolls back unless the seal key being moved to is still active: a job never writes under a
+/// superseded (or retired) key. Checked after the update, so it cannot deadlock with `retire`.
+async fn commit_if_active(tx: Tx<'_>, version: i32) -> Result<(), StoreError> {
+    let mut tx = tx;
+    if super::keys::state(&mut tx, "seal", version)
+        .await?
+        .as_deref()
+        != Some("active")
+    {
+        return Err(StoreError::Stale {
+            what: "keys reencrypt",
+        });
+    }
+    tx.commit()
+        .await
+        .map_err(during("committing re-encrypted rows"))
+}
+
 /// [`reseal_vault`] in its own committed transaction (owned arguments: it can run as a task).
-pub async fn commit_resealed_vault(pool: PgPool, rows: Vec<Resealed>) -> Result<u64, StoreError> {
+pub async fn commit_resealed_vault(
+    pool: PgPool,
+    version: i32,
+    rows: Vec<Resealed>,
+) -> Result<u64, StoreError> {
     let mut tx = pool
         .begin()
         .await
         .map_err(during("starting a transaction"))?;
     let n = reseal_vault(&mut tx, &rows).await?;
-    tx.commit()
-        .await
-        .map_err(during("committing re-encrypted rows"))?;
+    commit_if_active(tx, version).await?;
     Ok(n)
 }
 
 /// [`reseal_quarantine`] in its own committed transaction.
 pub async fn commit_resealed_quarantine(
     pool: PgPool,
+    version: i32,
     rows: Vec<(String, i32, i32, Vec<u8>)>,
 ) -> Result<u64, StoreError> {
     let mut tx = pool
@@ -342,9 +373,7 @@ pub async fn commit_resealed_quarantine(
         .await
         .map_err(during("starting a transaction"))?;
     let n = reseal_quarantine(&mut tx, &rows).await?;
-    tx.commit()
-        .await
-        .map_err(during("committing re-encrypted rows"))?;
+    commit_if_active(tx, version).await?;
     Ok(n)
 }
 

@@ -340,6 +340,60 @@ async fn assert_no_secrets(
     for token in tokens {
         assert!(!log.contains(&token[3..]), "a token was logged");
     }
+    let device_tokens: Vec<String> = sqlx::query_scalar(
+        "SELECT masked_device_id FROM user_logins WHERE masked_device_id IS NOT NULL",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    for token in device_tokens {
+        assert!(!log.contains(&token[3..]), "a device token was logged");
+    }
+    // Under a file KEK the test can unwrap the data keys itself: their bytes appear nowhere.
+    if let Some(path) = s
+        .etl
+        .vars
+        .iter()
+        .find(|(k, _)| k == "PIIVAULT_KEK")
+        .and_then(|(_, v)| v.strip_prefix("file:"))
+    {
+        let kek = piivault::kek::Kek::open(&piivault::kek::KekUri::File(path.into()))
+            .await
+            .unwrap();
+        let rows: Vec<(String, i32, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT purpose, version, wrapped, kek_uri FROM vault.data_keys WHERE wrapped IS NOT NULL",
+        )
+        .fetch_all(&s.db.pool)
+        .await
+        .unwrap();
+        assert!(!rows.is_empty());
+        for (purpose, version, wrapped, uri) in rows {
+            let purpose = purpose.parse().unwrap();
+            let plain = kek
+                .unwrap(
+                    purpose,
+                    piivault::crypto::KeyVersion(version as u32),
+                    &wrapped,
+                    &uri,
+                )
+                .await
+                .unwrap();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&plain[..]);
+            let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&plain[..]);
+            assert!(
+                !log.contains(&hex::encode(&plain[..12])),
+                "key bytes (hex) logged"
+            );
+            assert!(
+                !log.contains(&b64[..16]) && !log.contains(&b64url[..16]),
+                "key bytes (base64) logged"
+            );
+            assert!(
+                !log.contains(&format!("{:?}", &plain[..6])),
+                "key bytes (debug) logged"
+            );
+        }
+    }
     let wrapped: Vec<Vec<u8>> =
         sqlx::query_scalar("SELECT wrapped FROM vault.data_keys WHERE wrapped IS NOT NULL")
             .fetch_all(&s.db.pool)
@@ -391,7 +445,7 @@ async fn data_fingerprint(db: &TestDb) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rewrap_file_to_kms_to_kms_leaves_data_rows_identical() {
+async fn rewrap_file_to_kms_to_kms_to_file_leaves_data_rows_identical() {
     let s = Setup::new().await;
     s.etl
         .run(&["run", "--input", sample_path().to_str().unwrap()])
@@ -400,8 +454,10 @@ async fn rewrap_file_to_kms_to_kms_leaves_data_rows_identical() {
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
     let before = data_fingerprint(&s.db).await;
     let (kms1, kms2) = (kms_kek().await, kms_kek().await);
+    let back_home = TestKek::new();
+    let file = back_home.uri();
     let mut current = s.etl.clone();
-    for next in [&kms1, &kms2] {
+    for next in [&kms1, &kms2, &file] {
         let out = current
             .run(&["keys", "rewrap", "--to-kek", next])
             .await
@@ -674,8 +730,20 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
         .json();
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 
+    // As if a first run had died between its two rotations: only the seal key was rotated.
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
     let first = runbook(&s).await;
     assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("seal: a rotation is in progress; finishing it"),
+        "{}",
+        first.stderr
+    );
     let state = |p: &str, v: i32, st: &str| (p.to_owned(), v, st.to_owned());
     assert_eq!(
         versions(&s.db).await,
@@ -731,7 +799,16 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
     set_ip(good).await;
     let rerun = runbook(&s).await;
     assert_eq!(rerun.code, 0, "{}", rerun.stderr);
-    assert!(rerun.stderr.contains("finishing it without rotating again"));
+    assert!(
+        rerun.stderr.contains("seal: a rotation is in progress"),
+        "{}",
+        rerun.stderr
+    );
+    assert!(
+        rerun.stderr.contains("token: a rotation is in progress"),
+        "{}",
+        rerun.stderr
+    );
     assert_eq!(
         versions(&s.db).await,
         [
@@ -815,11 +892,114 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
     let out = s.etl.run(&["keys", "retokenize"]).await.json();
     assert_eq!(out["retokenized"].as_i64(), Some(total));
     assert_eq!(
+        out["staged"].as_i64(),
+        Some(total - staged),
+        "resumed after the staged rows, none twice"
+    );
+    assert_eq!(
         s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 2")
             .await,
         total
     );
     assert_eq!(groups(&s.db).await, before, "same groups under the new key");
+    s.etl.run(&["keys", "verify"]).await.json();
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runbook_runs_while_a_consumer_keeps_loading() {
+    let s = Setup::new().await;
+    s.etl
+        .run(&["run", "--input", sample_path().to_str().unwrap()])
+        .await
+        .json();
+    let consumer = s
+        .etl
+        .spawn(&["run", "--wait-time-secs", "1", "--concurrency", "3"]);
+    const MESSAGES: usize = 1200;
+    let queue = s.queue.clone();
+    let producer = tokio::spawn(async move {
+        for chunk in 0..MESSAGES / 10 {
+            let bodies: Vec<String> = (0..10)
+                .map(|i| {
+                    let n = chunk * 10 + i;
+                    format!(
+                        r#"{{"user_id":"live-{n}","ip":"10.9.{}.{}","device_id":"dev-pool-{}"}}"#,
+                        n / 250,
+                        n % 250,
+                        n % 5
+                    )
+                })
+                .collect();
+            crate::support::send(&queue, &bodies).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rotated = runbook(&s).await;
+    assert_eq!(
+        rotated.code, 0,
+        "the runbook succeeds under load: {}",
+        rotated.stderr
+    );
+    producer.await.unwrap();
+    let expected = 99 + MESSAGES as i64;
+    for _ in 0..300 {
+        if s.db.count("SELECT count(*) FROM user_logins").await == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = consumer.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), consumer.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins").await,
+        expected,
+        "nothing lost"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 2")
+            .await,
+        expected
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
+            .await,
+        expected
+    );
+    assert_eq!(
+        s.db.count(
+            "SELECT count(DISTINCT masked_device_id) FROM user_logins WHERE user_id LIKE 'live-%'"
+        )
+        .await,
+        5,
+        "five shared devices, one token each: no mixed versions"
+    );
+    assert_eq!(
+        versions(&s.db)
+            .await
+            .iter()
+            .filter(|(_, _, st)| st == "retired")
+            .count(),
+        2
+    );
     s.etl.run(&["keys", "verify"]).await.json();
     s.db.drop_db().await;
 }

@@ -95,6 +95,17 @@ impl From<PurposeArg> for Purpose {
     }
 }
 
+/// Takes the lock that lets one `etl keys` job run at a time (held until dropped).
+async fn job_lock(pool: &sqlx::PgPool) -> Result<crate::store::keys::JobLock, Error> {
+    crate::store::keys::try_job_lock(pool)
+        .await?
+        .ok_or_else(|| {
+            Error::Refused(
+                "another `etl keys` job is running on this database; wait for it to finish.".into(),
+            )
+        })
+}
+
 /// Runs one `keys` verb.
 pub async fn run(args: KeysArgs, ctx: &Context) -> Result<(), Error> {
     match args.verb {

@@ -1,49 +1,81 @@
 //! `etl keys reencrypt`: move every vault value and quarantined body sealed under an older seal
 //! version to the active one. One transaction per batch; each row is updated only if it still
 //! has the version it was read with, so a re-run after a kill continues without double work.
+//! A batch commits only while its target key is still active.
 
 use std::time::Instant;
 
 use serde_json::json;
 
+use super::job_lock;
 use super::progress::Progress;
 use super::write_behind::WriteBehind;
 use crate::commands::{Context, print_line};
-use crate::crypto::{Field, Purpose, Sealed};
+use crate::crypto::{Field, Keyring, Purpose, SealKey, Sealed};
 use crate::error::Error;
 use crate::protect::reseal;
 use crate::store::rotation::{self, Resealed};
+use sqlx::PgPool;
+
+/// Passes over the tables: a second one only picks up rows that raced the first.
+const PASSES: usize = 3;
 
 /// Re-seals in batches of `batch` rows.
 pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let started = Instant::now();
-    let pool = ctx.pool(2).await?;
+    let pool = ctx.pool(3).await?;
+    let _job = job_lock(&pool).await?;
     let keys = ctx.keyring(&pool).await?;
     let to = keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
     let version = to.version().0 as i32;
-    let (vault_total, quarantine_total) = rotation::count_not_sealed_at(&pool, version).await?;
-    let mut progress = Progress::new("reencrypt", (vault_total + quarantine_total) as u64);
-    let mut failed = 0u64;
-    let mut vault_writes = WriteBehind::default();
+    let (mut vault, mut quarantine, mut failed) = (0u64, 0u64, 0u64);
+    for _ in 0..PASSES {
+        let (vault_left, quarantine_left) = rotation::count_not_sealed_at(&pool, version).await?;
+        if vault_left + quarantine_left == failed as i64 {
+            break; // only rows that do not open are left (reported below)
+        }
+        failed = 0;
+        let mut progress = Progress::new("reencrypt", (vault_left + quarantine_left) as u64);
+        vault += reseal_vault(&pool, &keys, to, batch, &mut progress, &mut failed).await?;
+        quarantine +=
+            reseal_quarantine(&pool, &keys, to, batch, &mut progress, &mut failed).await?;
+        progress.finish();
+    }
+    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    print_line(
+        &json!({"reencrypted": vault + quarantine, "vault": vault, "quarantine": quarantine,
+                "to_version": version, "failed": failed, "seconds": seconds})
+        .to_string(),
+    )?;
+    if failed > 0 {
+        return Err(Error::Verify {
+            failed,
+            mismatched: 0,
+        });
+    }
+    Ok(())
+}
 
+async fn reseal_vault(
+    pool: &PgPool,
+    keys: &Keyring,
+    to: &SealKey,
+    batch: i64,
+    progress: &mut Progress,
+    failed: &mut u64,
+) -> Result<u64, Error> {
+    let version = to.version().0 as i32;
+    let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::vault_not_at(&pool, version, &after, batch).await?;
+        let rows = rotation::vault_not_at(pool, version, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
         for row in &rows {
             let field = |f, v: &Option<Vec<u8>>| {
                 v.as_ref()
-                    .map(|b| {
-                        reseal(
-                            &keys,
-                            to,
-                            &row.message_id,
-                            f,
-                            &Sealed::from_bytes(b.clone()),
-                        )
-                    })
+                    .map(|b| reseal(keys, to, &row.message_id, f, &Sealed::from_bytes(b.clone())))
                     .transpose()
             };
             match (
@@ -58,28 +90,42 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                     device_id_sealed: device.map(Sealed::into_bytes),
                 }),
                 (Err(e), _) | (_, Err(e)) => {
-                    failed += 1;
+                    *failed += 1;
                     eprintln!("error: {e}");
                 }
             }
         }
-        vault_writes
-            .submit(rotation::commit_resealed_vault(pool.clone(), resealed))
+        writes
+            .submit(rotation::commit_resealed_vault(
+                pool.clone(),
+                version,
+                resealed,
+            ))
             .await?;
         progress.add(rows.len() as u64);
     }
+    writes.finish().await
+}
 
-    let vault = vault_writes.finish().await?;
-    let mut quarantine_writes = WriteBehind::default();
+async fn reseal_quarantine(
+    pool: &PgPool,
+    keys: &Keyring,
+    to: &SealKey,
+    batch: i64,
+    progress: &mut Progress,
+    failed: &mut u64,
+) -> Result<u64, Error> {
+    let version = to.version().0 as i32;
+    let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::quarantine_not_at(&pool, version, &after, batch).await?;
+        let rows = rotation::quarantine_not_at(pool, version, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
         for row in &rows {
             match reseal(
-                &keys,
+                keys,
                 to,
                 &row.message_id,
                 Field::Body,
@@ -92,29 +138,19 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                     body.into_bytes(),
                 )),
                 Err(e) => {
-                    failed += 1;
+                    *failed += 1;
                     eprintln!("error: {e}");
                 }
             }
         }
-        quarantine_writes
-            .submit(rotation::commit_resealed_quarantine(pool.clone(), resealed))
+        writes
+            .submit(rotation::commit_resealed_quarantine(
+                pool.clone(),
+                version,
+                resealed,
+            ))
             .await?;
         progress.add(rows.len() as u64);
     }
-    let quarantine = quarantine_writes.finish().await?;
-    progress.finish();
-    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
-    print_line(
-        &json!({"reencrypted": vault + quarantine, "vault": vault, "quarantine": quarantine,
-                "to_version": version, "failed": failed, "seconds": seconds})
-        .to_string(),
-    )?;
-    if failed > 0 {
-        return Err(Error::Verify {
-            failed,
-            mismatched: 0,
-        });
-    }
-    Ok(())
+    writes.finish().await
 }

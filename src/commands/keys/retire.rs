@@ -11,7 +11,8 @@ use crate::store::{self, StoreError};
 
 /// Shreds one version's wrapped key.
 pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Error> {
-    let pool = ctx.pool(1).await?;
+    let pool = ctx.pool(2).await?;
+    let _job = super::job_lock(&pool).await?;
     let mut tx = pool
         .begin()
         .await
@@ -63,6 +64,10 @@ pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Er
     tx.commit()
         .await
         .map_err(StoreError::during("committing the retirement"))?;
+    // The shredded bytes linger in the old row version until VACUUM (and in WAL and backups).
+    if let Err(e) = store::keys::vacuum(&pool).await {
+        tracing::warn!("could not VACUUM vault.data_keys ({e}); run it as the table owner");
+    }
     tracing::info!(%purpose, version, "retired: wrapped key destroyed");
     print_line(
         &json!({"retired": {"purpose": name, "version": version}, "already": false}).to_string(),

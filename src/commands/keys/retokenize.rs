@@ -24,7 +24,8 @@ type Staged = (String, Option<String>, Option<String>);
 /// Stages, then swaps, in batches of `batch` rows.
 pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let started = Instant::now();
-    let pool = ctx.pool(2).await?;
+    let pool = ctx.pool(3).await?;
+    let _job = super::job_lock(&pool).await?;
     let keys = ctx.keyring(&pool).await?;
     let Some(pending) = keys.pending_token() else {
         tracing::info!("no pending token key: nothing to re-tokenize");
@@ -49,7 +50,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
             .await?;
         progress.add(rows.len() as u64);
     }
-    writes.finish().await?;
+    let mut staged_rows = writes.finish().await?;
     progress.finish();
     let staged_seconds = started.elapsed().as_secs_f64();
     if failed > 0 {
@@ -73,10 +74,21 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
             mismatched: 0,
         });
     }
-    rotation::stage_tokens(&mut tx, version, &staged).await?;
+    staged_rows += rotation::stage_tokens(&mut tx, version, &staged).await?;
+    // States as committed now (under the key-table lock), not as loaded at the start.
+    let rows = store::keys::list_in(&mut tx).await?;
+    let is = |r: &&store::keys::DataKeyRow, state: &str| r.purpose == "token" && r.state == state;
+    if !rows
+        .iter()
+        .any(|r| is(&r, "pending") && r.version == version)
+    {
+        return Err(Error::Refused(format!(
+            "token key v{version} is no longer pending; see `etl keys status`."
+        )));
+    }
     let swapped = rotation::apply_staged(&mut tx).await?;
-    if let Some(active) = keys.active_token() {
-        store::keys::set_state(&mut tx, "token", active.version().0 as i32, "previous").await?;
+    for active in rows.iter().filter(|r| is(r, "active")) {
+        store::keys::set_state(&mut tx, "token", active.version, "previous").await?;
     }
     store::keys::set_state(&mut tx, "token", version, "active").await?;
     tx.commit()
@@ -91,7 +103,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let seconds = started.elapsed().as_secs_f64();
     // swap_seconds is how long writers of user_logins were held back.
     print_line(
-        &json!({"retokenized": swapped, "token_version": version, "seconds": round(seconds),
+        &json!({"retokenized": swapped, "staged": staged_rows, "token_version": version, "seconds": round(seconds),
                 "stage_seconds": round(staged_seconds), "swap_seconds": round(seconds - staged_seconds)})
         .to_string(),
     )

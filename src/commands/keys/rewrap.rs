@@ -15,7 +15,8 @@ pub async fn run(ctx: &Context, to: &str) -> Result<(), Error> {
     let from = ctx.kek().await?;
     let to = Kek::open(&to.parse::<KekUri>()?).await?;
     let to_uri = to.uri().to_string();
-    let pool = ctx.pool(1).await?;
+    let pool = ctx.pool(2).await?;
+    let _job = super::job_lock(&pool).await?;
     let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let mut rewrapped = 0;
     for row in rows {

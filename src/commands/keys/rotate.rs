@@ -9,12 +9,14 @@ use serde_json::json;
 use crate::commands::{Context, print_line};
 use crate::crypto::{KeyVersion, Purpose, new_key_material};
 use crate::error::Error;
+use crate::keystore;
 use crate::store::{self, StoreError};
 
 /// Adds the next version.
 pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
     let kek = ctx.kek().await?;
-    let pool = ctx.pool(1).await?;
+    let pool = ctx.pool(2).await?;
+    let _job = super::job_lock(&pool).await?;
     let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let mine: Vec<_> = rows
         .iter()
@@ -30,6 +32,9 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
             pending.version
         )));
     }
+    // The new key must be readable by every instance: PIIVAULT_KEK has to be the KEK the current
+    // keys are wrapped under (after a `keys rewrap`, an operator may still hold the old one).
+    keystore::unwrap_row(&kek, active).await?;
     let next = mine.iter().map(|r| r.version).max().unwrap_or(0) + 1;
     let material = new_key_material();
     let wrapped = kek
@@ -38,6 +43,9 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
     let kek_uri = kek.uri().to_string();
     let state = match purpose {
         Purpose::Seal => {
+            // Waits for batches in flight and holds new ones until the new key is committed:
+            // afterwards no batch can commit under the old key (writers re-check, then reload).
+            store::rotation::lock_sealed_rows(&mut tx).await?;
             store::keys::set_state(&mut tx, "seal", active.version, "previous").await?;
             "active"
         }

@@ -28,6 +28,19 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
             vault_rows += 1;
             let sealed = |v: &Option<Vec<u8>>| v.clone().map(Sealed::from_bytes);
             let (ip, device) = (sealed(&row.ip_sealed), sealed(&row.device_id_sealed));
+            // `retire` trusts the key_version column: it must name the key inside the values.
+            let labelled = KeyVersion(row.key_version as u32);
+            if [&ip, &device]
+                .into_iter()
+                .flatten()
+                .any(|v| v.version() != Some(labelled))
+            {
+                mismatched += 1;
+                eprintln!(
+                    "error: message {}: key_version {} differs from the sealed values' version",
+                    row.message_id, row.key_version
+                );
+            }
             let Some(version) = row.token_version else {
                 // No analysts' row carries a token for it (cannot happen for rows piivault wrote).
                 for (field, value) in [(Field::Ip, &ip), (Field::DeviceId, &device)] {
@@ -84,6 +97,14 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         after = last.message_id.clone();
         for row in &rows {
             quarantine_rows += 1;
+            let body = Sealed::from_bytes(row.body_sealed.clone());
+            if body.version() != Some(KeyVersion(row.key_version as u32)) {
+                mismatched += 1;
+                eprintln!(
+                    "error: message {}: key_version {} differs from the sealed body's version",
+                    row.message_id, row.key_version
+                );
+            }
             if let Err(e) = keys.open(
                 &row.message_id,
                 Field::Body,
