@@ -673,27 +673,11 @@ async fn a_running_consumer_follows_rotations_without_restart() {
     }
     s.etl.run(&["keys", "verify"]).await.json();
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = crate::support::sigterm(child).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(summary["loaded"], 60);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = out.stderr;
     assert!(stderr.contains("reloaded the keyring"), "{stderr}");
     s.db.drop_db().await;
 }
@@ -706,12 +690,7 @@ async fn runbook(s: &Setup) -> Run {
         .envs(crate::support::stack_env());
     cmd.env("ETL", env!("CARGO_BIN_EXE_etl"))
         .env_remove("RUST_LOG");
-    let out = cmd.output().await.unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.output().await.unwrap().into()
 }
 
 async fn versions(db: &TestDb) -> Vec<(String, i32, String)> {
@@ -950,24 +929,8 @@ async fn the_runbook_runs_while_a_consumer_keeps_loading() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pid = consumer.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(10), consumer.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
 
     assert_eq!(
         s.db.count("SELECT count(*) FROM user_logins").await,

@@ -22,30 +22,14 @@ async fn sigterm_stops_polling_commits_and_prints_the_summary() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pid = child.id().unwrap().to_string();
     let started = std::time::Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = crate::support::sigterm(child).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a pending long poll does not delay shutdown"
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         (summary["loaded"].as_u64(), summary["quarantined"].as_u64()),
         (Some(99), Some(1))

@@ -249,6 +249,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     /// Asserts success and parses the last stdout line as JSON.
     pub fn json(&self) -> serde_json::Value {
@@ -325,13 +335,27 @@ impl Etl {
     }
 
     pub async fn run(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().await.expect("cannot start etl");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.command(args)
+            .output()
+            .await
+            .expect("cannot start etl")
+            .into()
     }
+}
+
+/// Sends SIGTERM to a spawned `etl` and collects its output (at most 10 s).
+pub async fn sigterm(child: tokio::process::Child) -> Run {
+    let pid = child.id().expect("still running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("etl stops within 10 s of SIGTERM")
+        .unwrap()
+        .into()
 }
 
 /// A fresh KMS key on the emulator, as a `kms:` KEK URI.
