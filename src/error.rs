@@ -85,6 +85,11 @@ pub enum Error {
         "{failed} value(s) failed to open and {mismatched} token(s) differ from their recomputation (message ids above)."
     )]
     Verify { failed: u64, mismatched: u64 },
+    /// `etl audit verify` found a broken chain.
+    #[error(
+        "the audit chain is broken at {0} row(s) (listed above): rows were deleted, edited or reordered."
+    )]
+    AuditBroken(usize),
     /// Stdout could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -118,7 +123,7 @@ impl Error {
             Error::Usage(_) => USAGE,
             Error::KeysExist(_) | Error::Refused(_) => CANT_CREATE,
             Error::KeysChanging => TEMP_FAIL,
-            Error::Verify { .. } => DATA,
+            Error::Verify { .. } | Error::AuditBroken(_) => DATA,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
         }

@@ -12,10 +12,12 @@
 //! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
 //! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
+//! - [`audit`]: the hash-chained trail of reveals and erasures (append, verify).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
 //! - [`commands`]: one file per `etl` subcommand.
 //! - [`error`]: the error a command returns, and its exit code.
 
+pub mod audit;
 pub mod aws;
 pub mod commands;
 pub mod config;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use piivault::commands::{Context, keys, migrate, reveal, run, seed};
+use piivault::commands::{Context, audit, erase, keys, migrate, reveal, run, seed};
 use piivault::config::Settings;
 use piivault::error::exit;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,12 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Consume the queue (or --input a file) into user_logins, the vault and quarantine.
     Run(run::RunArgs),
-    /// Reveal one user's original ip/device_id (audited).
+    /// Reveal original ip/device_id of selected records (audited).
     Reveal(reveal::RevealArgs),
+    /// List or verify the tamper-evident audit trail.
+    Audit(audit::AuditArgs),
+    /// Erase one user's data (right to erasure; audited).
+    Erase(erase::EraseArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
             Command::Seed(args) => seed::run(args, &ctx).await,
             Command::Run(args) => run::run(args, &ctx).await,
             Command::Reveal(args) => reveal::run(args, &ctx).await,
+            Command::Audit(args) => audit::run(args, &ctx).await,
+            Command::Erase(args) => erase::run(args, &ctx).await,
         }
     });
     match result {

@@ -1,6 +1,8 @@
 //! One file per `etl` subcommand, plus the [`Context`] they share. Commands orchestrate the
 //! stages; SQL lives in `store`, cryptography in `crypto` and `kek`.
 
+pub mod audit;
+pub mod erase;
 pub mod keys;
 pub mod migrate;
 pub mod reveal;

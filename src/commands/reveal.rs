@@ -1,28 +1,42 @@
-//! `etl reveal`: record who looked and why, then open one user's originals.
+//! `etl reveal`: record who looked and why, then open the originals of the selected records.
 //!
 //! The audit row and the vault read share one transaction, committed before anything is printed:
 //! if the audit cannot be written, nothing is revealed.
-//! TODO(issue 6): --message-id/--token selectors, --ticket, csv, hash-chained audit.
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Context, print_line};
-use crate::crypto::{Field, Keyring, Purpose, Sealed};
+use crate::audit::{self, Entry};
+use crate::crypto::{Field, Keyring, OpenFailed, Purpose, Sealed};
 use crate::error::Error;
 use crate::keystore;
-use crate::store::{self, StoreError, audit::AuditEntry, vault::VaultRow};
+use crate::store::vault::{Selector, VaultRow};
+use crate::store::{self, StoreError};
 
-/// `etl reveal --user-id ID --reason TEXT [--format json|table]`.
+/// Shortest accepted `--reason`: a word or two is not a reason an auditor can act on.
+pub const MIN_REASON_CHARS: usize = 8;
+
+/// `etl reveal (--user-id ID | --message-id ID | --token T) --reason TEXT [--ticket T] [--format F]`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["user_id", "message_id", "token"])))]
 pub struct RevealArgs {
-    /// Whose originals to reveal.
+    /// Every record of one user.
     #[arg(long)]
-    user_id: String,
-    /// Why (stored verbatim in the audit trail). Required.
+    user_id: Option<String>,
+    /// One message.
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Every record behind one masked_ip or masked_device_id (a duplicate investigation).
+    #[arg(long)]
+    token: Option<String>,
+    /// Why (at least 8 characters; stored verbatim in the audit trail). Required.
     #[arg(long)]
     reason: String,
-    /// Output: one JSON object per line, or an aligned table.
+    /// Ticket or case reference, stored in the audit trail.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Output: one JSON object per line, an aligned table, or CSV with a header.
     #[arg(long, value_enum, default_value_t = RevealFormat::Json)]
     format: RevealFormat,
 }
@@ -31,6 +45,7 @@ pub struct RevealArgs {
 enum RevealFormat {
     Json,
     Table,
+    Csv,
 }
 
 /// One opened record.
@@ -43,36 +58,62 @@ struct Revealed {
     created_at: String,
 }
 
-/// Audits, commits, then prints the opened records.
-pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
-    if args.reason.trim().is_empty() {
-        return Err(Error::Usage(
-            "--reason must not be blank: say why you reveal (it is audited).".into(),
-        ));
+impl RevealArgs {
+    fn selector(&self) -> (Selector<'_>, String) {
+        match (&self.user_id, &self.message_id, &self.token) {
+            (Some(u), _, _) => (Selector::User(u), format!("user_id={u}")),
+            (_, Some(m), _) => (Selector::Message(m), format!("message_id={m}")),
+            (_, _, Some(t)) => (Selector::Token(t), format!("token={t}")),
+            _ => unreachable!("clap requires one selector"),
+        }
     }
+}
+
+/// Checks a `--reason`: non-blank and long enough to mean something.
+pub fn check_reason(reason: &str) -> Result<(), Error> {
+    if reason.trim().chars().count() < MIN_REASON_CHARS {
+        return Err(Error::Usage(format!(
+            "--reason must say why, in at least {MIN_REASON_CHARS} characters (it is audited verbatim)."
+        )));
+    }
+    Ok(())
+}
+
+/// The auditor's connection: `PIIVAULT_REVEAL_DATABASE_URL`, else `DATABASE_URL` with a warning.
+pub async fn auditor_pool(ctx: &Context) -> Result<sqlx::PgPool, Error> {
     let (url, var) = match &ctx.settings.reveal_database_url {
         Some(url) => (url, "PIIVAULT_REVEAL_DATABASE_URL"),
         None => {
-            tracing::warn!("PIIVAULT_REVEAL_DATABASE_URL is not set; revealing with DATABASE_URL");
+            tracing::warn!("PIIVAULT_REVEAL_DATABASE_URL is not set; using DATABASE_URL");
             (ctx.settings.database_url()?, "DATABASE_URL")
         }
     };
-    let pool = store::connect(url.expose(), var, 1).await?;
+    Ok(store::connect(url.expose(), var, 1).await?)
+}
+
+/// Audits, commits, then prints the opened records.
+pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
+    check_reason(&args.reason)?;
+    let pool = auditor_pool(ctx).await?;
     // Seal keys only: the auditor's KMS grant can exclude the token keys.
     let keys = keystore::load_only(&pool, &ctx.kek().await?, Some(Purpose::Seal)).await?;
+    let (selector, selected) = args.selector();
     let mut tx = pool
         .begin()
         .await
         .map_err(StoreError::during("starting a transaction"))?;
-    let rows = store::vault::find_by_user(&mut tx, &args.user_id).await?;
+    let rows = store::vault::find(&mut tx, &selector).await?;
     let actor = os_user();
-    let entry = AuditEntry {
+    let entry = Entry {
         actor: &actor,
-        user_id: &args.user_id,
+        action: "reveal",
+        selector: &selected,
+        user_id: args.user_id.as_deref(),
+        ticket: args.ticket.as_deref(),
         reason: &args.reason,
         records: rows.len() as i32,
     };
-    let audit_id = store::audit::append(&mut tx, &entry).await?;
+    let audit_id = audit::append(&mut tx, &entry).await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the reveal audit row"))?;
@@ -97,12 +138,12 @@ pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
     Ok(())
 }
 
-fn open(keys: &Keyring, row: VaultRow) -> Result<Revealed, crate::crypto::OpenFailed> {
+fn open(keys: &Keyring, row: VaultRow) -> Result<Revealed, OpenFailed> {
     let open_field = |field: Field, sealed: Option<Vec<u8>>| {
         sealed
             .map(|bytes| {
                 let plain = keys.open(&row.message_id, field, &Sealed::from_bytes(bytes))?;
-                String::from_utf8(plain.to_vec()).map_err(|_| crate::crypto::OpenFailed {
+                String::from_utf8(plain.to_vec()).map_err(|_| OpenFailed {
                     message_id: row.message_id.clone(),
                     field: field.as_str(),
                     key_version: row.key_version as u32,
@@ -122,6 +163,27 @@ fn open(keys: &Keyring, row: VaultRow) -> Result<Revealed, crate::crypto::OpenFa
     })
 }
 
+const HEADER: [&str; 6] = [
+    "message_id",
+    "user_id",
+    "ip",
+    "device_id",
+    "key_version",
+    "created_at",
+];
+
+fn cells(r: &Revealed, null: &str) -> [String; 6] {
+    let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| null.to_owned());
+    [
+        r.message_id.clone(),
+        r.user_id.clone(),
+        cell(&r.ip),
+        cell(&r.device_id),
+        r.key_version.to_string(),
+        r.created_at.clone(),
+    ]
+}
+
 fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
     match format {
         RevealFormat::Json => {
@@ -135,30 +197,21 @@ fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
                 )?;
             }
         }
+        RevealFormat::Csv => {
+            print_line(&HEADER.join(","))?;
+            for r in records {
+                print_line(
+                    &cells(r, "")
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )?;
+            }
+        }
         RevealFormat::Table => {
-            let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
-            let lines: Vec<[String; 6]> = records
-                .iter()
-                .map(|r| {
-                    [
-                        r.message_id.clone(),
-                        r.user_id.clone(),
-                        cell(&r.ip),
-                        cell(&r.device_id),
-                        r.key_version.to_string(),
-                        r.created_at.clone(),
-                    ]
-                })
-                .collect();
-            let header = [
-                "message_id",
-                "user_id",
-                "ip",
-                "device_id",
-                "key_version",
-                "created_at",
-            ]
-            .map(String::from);
+            let lines: Vec<[String; 6]> = records.iter().map(|r| cells(r, "NULL")).collect();
+            let header = HEADER.map(String::from);
             let mut widths = header.clone().map(|h| h.chars().count());
             for line in &lines {
                 for (w, c) in widths.iter_mut().zip(line) {
@@ -178,8 +231,17 @@ fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
     Ok(())
 }
 
+/// RFC 4180 quoting when a field needs it.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
 /// The OS account running the command, for the audit row (from the system, not `$USER`,
 /// which the caller controls).
-fn os_user() -> String {
+pub fn os_user() -> String {
     whoami::account().unwrap_or_else(|_| "unknown".into())
 }

@@ -3,6 +3,7 @@
 //! Keys enter only as unwrapped bytes from [`crate::kek`] and leave only as tokens and ciphertexts.
 
 pub mod aead;
+pub mod chain;
 mod keyring;
 mod seal;
 mod token;

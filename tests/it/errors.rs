@@ -215,7 +215,7 @@ async fn a_bad_key_encryption_key_is_refused_before_anything_is_read() {
     assert_error(&run, 78, "cannot unwrap the seal key v1");
     let reveal = Etl { ..s.etl.clone() }
         .with("PIIVAULT_KEK", &wrong.uri())
-        .run(&["reveal", "--user-id", "x", "--reason", "r"])
+        .run(&["reveal", "--user-id", "x", "--reason", "wrong kek check"])
         .await;
     assert_error(&reveal, 78, "cannot unwrap");
     assert_eq!(

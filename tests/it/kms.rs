@@ -59,7 +59,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
     let unreachable = etl
         .clone()
         .with("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-        .run(&["reveal", "--user-id", user, "--reason", "offline"])
+        .run(&["reveal", "--user-id", user, "--reason", "kms offline check"])
         .await;
     assert_eq!(unreachable.code, 69, "{}", unreachable.stderr);
     assert!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod access;
 mod commands;
 mod errors;
 mod kms;

@@ -96,7 +96,13 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
     let s = loaded().await;
     let run = s
         .etl
-        .run(&["reveal", "--user-id", "nobody", "--reason", "check"])
+        .run(&[
+            "reveal",
+            "--user-id",
+            "nobody",
+            "--reason",
+            "unknown user check",
+        ])
         .await;
     run.ok();
     assert_eq!(run.stdout, "");
@@ -111,11 +117,18 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
         .await;
     assert_eq!(blank.code, 64);
     assert!(
-        blank.stderr.contains("--reason must not be blank"),
+        blank
+            .stderr
+            .contains("--reason must say why, in at least 8 characters"),
         "{}",
         blank.stderr
     );
-    for run in [&missing, &blank] {
+    let short = s
+        .etl
+        .run(&["reveal", "--user-id", USER, "--reason", "ok"])
+        .await;
+    assert_eq!(short.code, 64, "{}", short.stderr);
+    for run in [&missing, &blank, &short] {
         assert_eq!(run.stdout, "");
     }
     assert_eq!(

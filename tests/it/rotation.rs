@@ -477,7 +477,7 @@ async fn rewrap_file_to_kms_to_kms_to_file_leaves_data_rows_identical() {
         reveal.ok();
         assert!(reveal.stdout.contains("199.172.111.135"));
         let stale = old
-            .run(&["reveal", "--user-id", user, "--reason", "old kek"])
+            .run(&["reveal", "--user-id", user, "--reason", "old kek check"])
             .await;
         assert_ne!(stale.code, 0, "the previous KEK no longer unwraps the keys");
         assert_eq!(stale.stdout, "");

@@ -1,0 +1,93 @@
+//! `etl audit list|verify`: read the reveal/erase trail (never revealed values) and check its
+//! hash chain.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use super::{Context, print_line, reveal::auditor_pool};
+use crate::audit;
+use crate::error::Error;
+use crate::store;
+
+/// `etl audit <verb>`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    verb: AuditVerb,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditVerb {
+    /// Print audit entries: who, when, what selector, why, how many records.
+    List {
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Recompute the hash chain; exit 65 if a row was deleted, edited or reordered.
+    Verify,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+/// Runs one `audit` verb (on the auditor's connection).
+pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
+    let pool = auditor_pool(ctx).await?;
+    match args.verb {
+        AuditVerb::List { since, format } => {
+            let rows = store::audit::list(&pool, since).await?;
+            if let ListFormat::Table = format {
+                print_line(&format!(
+                    "{:>6}  {:<27} {:<16} {:<12} {:<7} {:>7}  {:<14} reason / selector",
+                    "id", "at", "db_role", "actor", "action", "records", "ticket"
+                ))?;
+            }
+            for r in &rows {
+                let at = r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                match format {
+                    ListFormat::Json => print_line(
+                        &json!({"id": r.id, "at": at, "db_role": r.db_role, "actor": r.actor, "action": r.action,
+                                "selector": r.selector, "ticket": r.ticket, "reason": r.reason, "records": r.records})
+                        .to_string(),
+                    )?,
+                    ListFormat::Table => print_line(&format!(
+                        "{:>6}  {:<27} {:<16} {:<12} {:<7} {:>7}  {:<14} {} / {}",
+                        r.id,
+                        at,
+                        r.db_role,
+                        r.actor,
+                        r.action,
+                        r.records,
+                        r.ticket.as_deref().unwrap_or("-"),
+                        r.reason,
+                        r.selector.as_deref().unwrap_or("-")
+                    ))?,
+                }
+            }
+            Ok(())
+        }
+        AuditVerb::Verify => {
+            let report = audit::verify(&store::audit::list(&pool, None).await?);
+            for (id, why) in &report.broken {
+                eprintln!("error: audit row {id}: {why}");
+            }
+            let broken = report.broken.len();
+            print_line(
+                &json!({"rows": report.rows, "unchained": report.unchained, "broken": broken, "head": report.head})
+                    .to_string(),
+            )?;
+            if broken > 0 {
+                return Err(Error::AuditBroken(broken));
+            }
+            Ok(())
+        }
+    }
+}
