@@ -66,6 +66,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         "vault.data_keys",
         "vault.reveal_audit",
         "etl.quarantine",
+        "etl.token_next",
     ] {
         assert_eq!(
             attempt(&analyst_url, &format!("SELECT * FROM {table}")).await,
@@ -181,7 +182,63 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         1
     );
 
-    drop_logins(&s.db.pool, &[etl_name, analyst_name, auditor_name]).await;
+    // Key administration as a login holding only piivault_admin.
+    let (admin_name, admin_url) = login(&s, "piivault_admin").await;
+    let admin = s.etl.clone().with("DATABASE_URL", &admin_url);
+    admin
+        .run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
+    admin
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    assert_eq!(admin.run(&["keys", "reencrypt"]).await.json()["failed"], 0);
+    assert_eq!(
+        admin.run(&["keys", "retokenize"]).await.json()["retokenized"],
+        99
+    );
+    admin.run(&["keys", "verify"]).await.json();
+    for purpose in ["seal", "token"] {
+        admin
+            .run(&["keys", "retire", "--purpose", purpose, "--version", "1"])
+            .await
+            .json();
+    }
+    assert_eq!(
+        attempt(&admin_url, "DELETE FROM vault.reveal_audit").await,
+        DENIED
+    );
+    let since = s
+        .etl
+        .run(&[
+            "audit",
+            "list",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_eq!(since.stdout.lines().count(), 1);
+    let none = s
+        .etl
+        .run(&[
+            "audit",
+            "list",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_eq!(none.stdout, "");
+
+    drop_logins(
+        &s.db.pool,
+        &[etl_name, analyst_name, auditor_name, admin_name],
+    )
+    .await;
     s.db.drop_db().await;
 }
 
