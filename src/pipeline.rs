@@ -3,7 +3,7 @@
 //! A message is deleted only after the transaction holding its row (or quarantine entry) has
 //! committed; on any error nothing of that batch is deleted, so SQS redelivers it. Redeliveries
 //! are absorbed by `ON CONFLICT (message_id) DO NOTHING` and counted as `duplicates`.
-//! TODO(issue 7): visibility heartbeat, retries with backoff, poison isolation.
+//! TODO(issue 7): retries with backoff.
 //! TODO(issue 8): pipelined stages with bounded channels and coalesced writes.
 
 use std::collections::HashMap;
@@ -274,6 +274,11 @@ async fn receive_loop(
             }
             continue;
         }
+        let handles = batch
+            .iter()
+            .filter_map(|m| m.receipt_handle.clone())
+            .collect();
+        let heartbeat = queue.keep_invisible(handles);
         let (counts, newest) = pipeline.store(&batch).await?;
         counters.add(batch.len(), counts, batch.len() - newest.len());
         let receipts: Vec<(&str, &str)> = newest
@@ -286,6 +291,7 @@ async fn receive_loop(
             })
             .collect();
         let deleted = queue.delete_batch(&receipts).await?;
+        drop(heartbeat);
         counters
             .deleted
             .fetch_add(deleted as u64, Ordering::Relaxed);

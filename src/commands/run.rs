@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// Long-poll wait per receive (SQS WaitTimeSeconds, 0–20). Lower it to make --drain end sooner.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(0..=20))]
     wait_time_secs: i32,
+    /// Visibility timeout requested on receive; a batch still in progress at half of it has
+    /// its messages' visibility renewed (heartbeat) until it is committed and deleted.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..=43_200))]
+    visibility_timeout_secs: i32,
     /// Rows per transaction for --input.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
@@ -37,7 +41,11 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
         None => None,
     };
     let queue = match source {
-        None => Some(SqsQueue::new(ctx.settings.queue_url()?.to_owned()).await),
+        None => Some(
+            SqsQueue::new(ctx.settings.queue_url()?.to_owned())
+                .await
+                .with_visibility(args.visibility_timeout_secs),
+        ),
         Some(_) => None,
     };
     let pool = ctx.pool(u32::from(args.concurrency) + 1).await?;

@@ -1,7 +1,8 @@
 //! The SQS queue: long-poll receive, batch delete after commit, and batch send (for `etl seed`).
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -16,18 +17,43 @@ pub const MAX_BATCH: usize = 10;
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
+    visibility_secs: Option<i32>,
+}
+
+/// Keeps a batch's messages invisible while it is processed; stops when dropped.
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SqsQueue {
     /// A client for the queue at `url`, configured by the SDK's standard chain.
     pub async fn new(url: String) -> SqsQueue {
         let client = aws_sdk_sqs::Client::new(crate::aws::sdk_config().await);
-        SqsQueue { client, url }
+        SqsQueue {
+            client,
+            url,
+            visibility_secs: None,
+        }
+    }
+
+    /// Receives with this visibility timeout (instead of the queue's default), which the
+    /// heartbeat then renews.
+    pub fn with_visibility(mut self, secs: i32) -> SqsQueue {
+        self.visibility_secs = Some(secs);
+        self
     }
 
     /// A queue reached through a client the caller configured.
     pub fn with_client(client: aws_sdk_sqs::Client, url: String) -> SqsQueue {
-        SqsQueue { client, url }
+        SqsQueue {
+            client,
+            url,
+            visibility_secs: None,
+        }
     }
 
     /// The queue URL.
@@ -43,6 +69,7 @@ impl SqsQueue {
             .queue_url(&self.url)
             .max_number_of_messages(MAX_BATCH as i32)
             .wait_time_seconds(wait_secs)
+            .set_visibility_timeout(self.visibility_secs)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
@@ -106,6 +133,52 @@ impl SqsQueue {
             );
         }
         Ok(output.successful().len())
+    }
+
+    /// Renews the visibility of received messages every half timeout until the returned
+    /// [`Heartbeat`] is dropped, so a slow batch is not redelivered to another consumer.
+    /// Without a configured visibility timeout it does nothing.
+    pub fn keep_invisible(&self, receipt_handles: Vec<String>) -> Option<Heartbeat> {
+        let secs = self.visibility_secs.filter(|s| *s > 0)?;
+        let queue = self.clone();
+        Some(Heartbeat(tokio::spawn(async move {
+            let period = std::time::Duration::from_millis(secs as u64 * 500);
+            loop {
+                tokio::time::sleep(period).await;
+                queue.extend_visibility(&receipt_handles, secs).await;
+            }
+        })))
+    }
+
+    async fn extend_visibility(&self, receipt_handles: &[String], secs: i32) {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .visibility_timeout(secs)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let result = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(output) => tracing::debug!(
+                extended = output.successful().len(),
+                failed = output.failed().len(),
+                "visibility heartbeat"
+            ),
+            // The batch goes on; at worst its messages reappear and are absorbed as duplicates.
+            Err(e) => tracing::warn!(detail = describe(&e).detail, "visibility heartbeat failed"),
+        }
     }
 
     /// Sends up to [`MAX_BATCH`] bodies in one call; returns how many SQS accepted.

@@ -6,6 +6,7 @@ mod support;
 mod access;
 mod commands;
 mod errors;
+mod faults;
 mod kms;
 mod load;
 mod migrate;
