@@ -118,6 +118,7 @@ impl Error {
                 StoreError::Conflict { .. } | StoreError::Stale { .. } => TEMP_FAIL,
                 StoreError::NotMigrated { .. } => CONFIG,
                 StoreError::PermissionDenied { .. } => NO_PERMISSION,
+                StoreError::Rejected { .. } => DATA,
                 StoreError::Migrate(_) | StoreError::Query { .. } => SOFTWARE,
             },
             Error::Usage(_) => USAGE,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use piivault::commands::{Context, audit, erase, keys, migrate, reveal, run, seed};
+use piivault::commands::{Context, audit, erase, keys, migrate, quarantine, reveal, run, seed};
 use piivault::config::Settings;
 use piivault::error::exit;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Erase one user's data (right to erasure; audited).
     Erase(erase::EraseArgs),
+    /// List quarantined messages or replay them under today's rules.
+    Quarantine(quarantine::QuarantineArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Reveal(args) => reveal::run(args, &ctx).await,
             Command::Audit(args) => audit::run(args, &ctx).await,
             Command::Erase(args) => erase::run(args, &ctx).await,
+            Command::Quarantine(args) => quarantine::run(args, &ctx).await,
         }
     });
     match result {

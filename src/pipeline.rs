@@ -3,7 +3,8 @@
 //! A message is deleted only after the transaction holding its row (or quarantine entry) has
 //! committed; on any error nothing of that batch is deleted, so SQS redelivers it. Redeliveries
 //! are absorbed by `ON CONFLICT (message_id) DO NOTHING` and counted as `duplicates`.
-//! TODO(issue 7): retries with backoff.
+//! A batch the database refuses is retried row by row; a refused row is quarantined.
+//! TODO(issue 7): retries with backoff for connection failures.
 //! TODO(issue 8): pipelined stages with bounded channels and coalesced writes.
 
 use std::collections::HashMap;
@@ -147,7 +148,14 @@ impl Pipeline {
                 .iter()
                 .map(|&i| protect::protect(write_keys, &batch[i], now))
                 .collect();
-            match self.write(&records, &loaded.fingerprint).await {
+            let written = match self.write(&records, &loaded.fingerprint).await {
+                Err(StoreError::Rejected { .. }) => {
+                    self.isolate(batch, &newest, records, write_keys, &loaded.fingerprint)
+                        .await
+                }
+                other => other,
+            };
+            match written {
                 Ok(Some(counts)) => return Ok((counts, newest)),
                 Ok(None) if attempt < WRITE_ATTEMPTS => self.reload().await?,
                 Err(StoreError::Conflict { .. }) if attempt < WRITE_ATTEMPTS => {
@@ -158,6 +166,41 @@ impl Pipeline {
             }
             attempt += 1;
         }
+    }
+
+    /// A batch the database refused: each record alone, so one poison row cannot hold back the
+    /// others; a refused row goes to quarantine with a PII-free reason instead.
+    async fn isolate(
+        &self,
+        batch: &[Received],
+        newest: &[usize],
+        records: Vec<Record>,
+        keys: WriteKeys<'_>,
+        fingerprint: &str,
+    ) -> Result<Option<BatchCounts>, StoreError> {
+        let mut total = BatchCounts::default();
+        for (record, &i) in records.into_iter().zip(newest) {
+            let counts = match self.write(std::slice::from_ref(&record), fingerprint).await {
+                Err(StoreError::Rejected { code, .. }) => {
+                    tracing::warn!(message_id = %batch[i].message_id, %code, "row refused by the database; quarantined");
+                    let reason = format!(
+                        "the database refused the row ({})",
+                        store::describe_sqlstate(&code)
+                    );
+                    let entry =
+                        protect::quarantine_with_reason(keys, &batch[i], reason, Utc::now());
+                    self.write(&[Record::Quarantine(entry)], fingerprint).await
+                }
+                other => other,
+            };
+            let Some(counts) = counts? else {
+                return Ok(None); // keys changed: the caller reloads and redoes the whole batch
+            };
+            total.loaded += counts.loaded;
+            total.quarantined += counts.quarantined;
+            total.duplicates += counts.duplicates;
+        }
+        Ok(Some(total))
     }
 
     /// Writes and commits, unless the key states changed since the keyring was loaded (`Ok(None)`:

@@ -130,10 +130,21 @@ fn quarantine(
     rejection: &Rejection,
     received_at: DateTime<Utc>,
 ) -> QuarantineEntry {
+    quarantine_with_reason(keys, message, rejection.to_string(), received_at)
+}
+
+/// A quarantine entry for a message with a given PII-free reason (also used when the database
+/// refuses a decoded row).
+pub fn quarantine_with_reason(
+    keys: WriteKeys<'_>,
+    message: &Received,
+    reason: String,
+    received_at: DateTime<Utc>,
+) -> QuarantineEntry {
     QuarantineEntry {
         message_id: message.message_id.clone(),
         received_at,
-        reason: rejection.to_string(),
+        reason,
         key_version: keys.seal.version(),
         body_sealed: keys
             .seal

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod erase;
 pub mod keys;
 pub mod migrate;
+pub mod quarantine;
 pub mod reveal;
 pub mod run;
 pub mod seed;

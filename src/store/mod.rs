@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod quarantine;
 pub mod rotation;
 pub mod vault;
 pub mod writer;
@@ -32,6 +33,13 @@ pub enum StoreError {
         "{what} failed: permission denied ({detail}).\nGrant this login the privileges it needs on user_logins and the vault and etl schemas."
     )]
     PermissionDenied { what: &'static str, detail: String },
+    /// The database refused a row's data (too long for a column, a constraint, an encoding):
+    /// retrying cannot help; the row is a poison row.
+    #[error(
+        "{what} failed: the database refused a row ({}).",
+        describe_sqlstate(code)
+    )]
+    Rejected { what: &'static str, code: String },
     /// A deadlock or serialization failure: retrying the transaction is safe.
     #[error(
         "{what} failed: the transaction conflicted with another one ({detail}). Nothing was committed; retry."
@@ -59,6 +67,16 @@ impl StoreError {
                 Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
                 Some("42501") => StoreError::PermissionDenied { what, detail },
                 Some("40001" | "40P01") => StoreError::Conflict { what, detail },
+                // Data exceptions and integrity violations (unique conflicts are handled by
+                // ON CONFLICT): the row itself is the problem.
+                Some(code)
+                    if code.starts_with("22") || (code.starts_with("23") && code != "23505") =>
+                {
+                    StoreError::Rejected {
+                        what,
+                        code: code.to_owned(),
+                    }
+                }
                 Some(code) if code.starts_with("08") || code.starts_with("57P") => {
                     StoreError::Unavailable { what, detail }
                 }
@@ -75,6 +93,22 @@ impl StoreError {
     pub fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
         move |e| StoreError::from_sqlx(what, e)
     }
+}
+
+/// A PII-free description of a data-related SQLSTATE (the server's message may quote the value).
+pub fn describe_sqlstate(code: &str) -> String {
+    let what = match code {
+        "22001" => "a value is too long for its column",
+        "22003" => "a number is out of range",
+        "22021" | "22P05" => "a character the database encoding cannot store",
+        "22P02" => "a value has the wrong format for its column",
+        "23502" => "a required column is empty",
+        "23503" => "a referenced row is missing",
+        "23514" => "a check constraint failed",
+        _ if code.starts_with("22") => "a data exception",
+        _ => "an integrity constraint failed",
+    };
+    format!("SQLSTATE {code}: {what}")
 }
 
 /// Opens a small pool; `var` names the setting the URL came from, for error messages.

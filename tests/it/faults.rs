@@ -64,3 +64,133 @@ async fn a_slow_batch_keeps_its_messages_invisible_until_committed() {
     assert_eq!(queue_depth(&s.queue).await, 0);
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
+    let s = Setup::new().await;
+    // A deployment whose locale column is narrower than piivault validates for.
+    sqlx::query("ALTER TABLE user_logins ALTER COLUMN locale TYPE varchar(2)")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let mut batch = bodies("p", 9);
+    batch.push(
+        r#"{"user_id":"poison","ip":"10.4.4.4","device_id":"dev-poison","locale":"FRA"}"#.into(),
+    );
+    send(&s.queue, &batch).await;
+    let run = s
+        .etl
+        .run(&["run", "--drain", "--wait-time-secs", "1"])
+        .await;
+    let summary = run.json();
+    assert_eq!(
+        (summary["loaded"].as_u64(), summary["quarantined"].as_u64()),
+        (Some(9), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
+    assert!(!run.stderr.contains("FRA") && !run.stderr.contains("10.4.4.4"));
+
+    let list = s.etl.run(&["quarantine", "list", "--format", "json"]).await;
+    list.ok();
+    let entries: Vec<serde_json::Value> = list
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0]["reason"],
+        "the database refused the row (SQLSTATE 22001: a value is too long for its column)"
+    );
+    assert!(
+        !list.stdout.contains("poison") && !list.stdout.contains("FRA"),
+        "no body in the list"
+    );
+
+    // Still refused: kept. After the column is widened: loaded, exactly once.
+    let kept = s.etl.run(&["quarantine", "replay", "--all"]).await.json();
+    assert_eq!(
+        (kept["loaded"].as_u64(), kept["kept"].as_u64()),
+        (Some(0), Some(1))
+    );
+    sqlx::query("ALTER TABLE user_logins ALTER COLUMN locale TYPE varchar(32)")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let id = entries[0]["message_id"].as_str().unwrap();
+    let replayed = s
+        .etl
+        .run(&["quarantine", "replay", "--id", id])
+        .await
+        .json();
+    assert_eq!(
+        (replayed["loaded"].as_u64(), replayed["kept"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let again = s.etl.run(&["quarantine", "replay", "--all"]).await.json();
+    assert_eq!(again["loaded"], 0);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE user_id = 'poison' AND locale = 'FRA'")
+            .await,
+        1
+    );
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    let reveal = s
+        .etl
+        .run(&["reveal", "--user-id", "poison", "--reason", "replay check"])
+        .await;
+    reveal.ok();
+    assert!(reveal.stdout.contains("10.4.4.4"));
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
+    let s = Setup::new().await;
+    const N: usize = 3000;
+    let all = bodies("two", N);
+    send(&s.queue, &all).await;
+    let args = [
+        "run",
+        "--drain",
+        "--wait-time-secs",
+        "2",
+        "--concurrency",
+        "4",
+    ];
+    let (a, b) = (s.etl.spawn(&args), s.etl.spawn(&args));
+    let (a, b) = (
+        a.wait_with_output().await.unwrap(),
+        b.wait_with_output().await.unwrap(),
+    );
+    let summary = |out: &std::process::Output| -> serde_json::Value {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, b) = (summary(&a), summary(&b));
+    assert!(
+        a["loaded"].as_u64().unwrap() > 0 && b["loaded"].as_u64().unwrap() > 0,
+        "both worked: {a} {b}"
+    );
+    assert_eq!(
+        a["loaded"].as_u64().unwrap() + b["loaded"].as_u64().unwrap(),
+        N as u64
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins").await,
+        N as i64
+    );
+    assert_eq!(
+        s.db.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        N as i64
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
+    s.db.drop_db().await;
+}

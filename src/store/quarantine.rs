@@ -1,0 +1,77 @@
+//! `etl.quarantine` reads and removals for `etl quarantine list|replay`. Inserts happen in
+//! [`super::writer`].
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::StoreError;
+
+/// One quarantined message, without its body.
+#[derive(sqlx::FromRow)]
+pub struct Entry {
+    pub message_id: String,
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    pub key_version: i32,
+}
+
+/// One quarantined message with its sealed body.
+#[derive(sqlx::FromRow)]
+pub struct Sealed {
+    pub message_id: String,
+    pub received_at: DateTime<Utc>,
+    pub body_sealed: Vec<u8>,
+}
+
+/// Every entry, oldest first.
+pub async fn list(pool: &PgPool) -> Result<Vec<Entry>, StoreError> {
+    sqlx::query_as("SELECT message_id, received_at, reason, key_version FROM etl.quarantine ORDER BY received_at, message_id")
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::during("reading etl.quarantine"))
+}
+
+/// The next page of sealed bodies after `after` (only `only`, when given).
+pub async fn page(
+    pool: &PgPool,
+    only: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<Sealed>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, received_at, body_sealed FROM etl.quarantine
+         WHERE ($1::text IS NULL OR message_id = $1) AND message_id > $2 ORDER BY message_id LIMIT $3",
+    )
+    .bind(only)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::during("reading etl.quarantine"))
+}
+
+/// Removes one entry (after its message was loaded in the same transaction).
+pub async fn remove(
+    tx: &mut Transaction<'_, Postgres>,
+    message_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM etl.quarantine WHERE message_id = $1")
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::during(
+            "removing a replayed message from quarantine",
+        ))?;
+    Ok(())
+}
+
+/// Records today's reason for an entry that still does not pass.
+pub async fn set_reason(pool: &PgPool, message_id: &str, reason: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE etl.quarantine SET reason = $2 WHERE message_id = $1")
+        .bind(message_id)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map_err(StoreError::during("updating a quarantine reason"))?;
+    Ok(())
+}
