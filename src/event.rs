@@ -23,6 +23,18 @@ pub const APP_VERSION_MAX_CHARS: usize = 64;
 pub const DEVICE_ID_MAX_CHARS: usize = 256;
 /// Longest `ip` text accepted (the longest IPv6 spelling with an IPv4 tail is 45 characters).
 pub const IP_MAX_CHARS: usize = 64;
+/// Largest body accepted: a login event is a few hundred bytes; anything near SQS's 256 KiB is
+/// not one, and is quarantined before it is parsed.
+pub const BODY_MAX_BYTES: usize = 64 * 1024;
+/// The fields a login event has; a duplicate of one of them is named in the reason.
+const KNOWN_FIELDS: [&str; 6] = [
+    "user_id",
+    "app_version",
+    "device_type",
+    "ip",
+    "locale",
+    "device_id",
+];
 
 /// One valid login event. Plain fields go to the analysts' table as they are; PII fields only
 /// ever leave this type as tokens and sealed values.
@@ -152,6 +164,10 @@ pub enum Rejection {
     ContainsNul { field: &'static str },
     /// `ip` is not an IPv4 or IPv6 address.
     InvalidIp,
+    /// The body is larger than [`BODY_MAX_BYTES`].
+    TooLarge { bytes: usize, max: usize },
+    /// A key appears twice in the object (parsers disagree on which value wins).
+    DuplicateField { field: Option<&'static str> },
 }
 
 impl fmt::Display for Rejection {
@@ -177,6 +193,16 @@ impl fmt::Display for Rejection {
             Rejection::EmptyUserId => f.write_str("user_id is empty"),
             Rejection::ContainsNul { field } => write!(f, "{field} contains a NUL character"),
             Rejection::InvalidIp => f.write_str("ip is not a valid IPv4 or IPv6 address"),
+            Rejection::TooLarge { bytes, max } => {
+                write!(f, "body is {bytes} bytes, more than the {max} allowed")
+            }
+            Rejection::DuplicateField { field: Some(field) } => {
+                write!(f, "field {field} appears more than once")
+            }
+            // An unknown key is input: never echo it.
+            Rejection::DuplicateField { field: None } => {
+                f.write_str("a field appears more than once")
+            }
         }
     }
 }
@@ -184,16 +210,25 @@ impl fmt::Display for Rejection {
 /// Decodes one message body. Unknown fields are ignored (producers may add fields); null or
 /// missing optional fields become `None`.
 pub fn decode(body: &str) -> Result<LoginEvent, Rejection> {
-    let value: Value = serde_json::from_str(body.strip_prefix('\u{feff}').unwrap_or(body))
-        .map_err(|e| Rejection::NotJson {
-            line: e.line(),
-            column: e.column(),
-        })?;
+    if body.len() > BODY_MAX_BYTES {
+        return Err(Rejection::TooLarge {
+            bytes: body.len(),
+            max: BODY_MAX_BYTES,
+        });
+    }
+    let text = body.strip_prefix('\u{feff}').unwrap_or(body);
+    let value: Value = serde_json::from_str(text).map_err(|e| Rejection::NotJson {
+        line: e.line(),
+        column: e.column(),
+    })?;
     let Value::Object(object) = value else {
         return Err(Rejection::NotAnObject {
             found: json_kind(&value),
         });
     };
+    if let Some(field) = duplicate_key(text) {
+        return Err(Rejection::DuplicateField { field });
+    }
     let user_id =
         string_field(&object, "user_id", USER_ID_MAX_CHARS)?.ok_or(Rejection::MissingUserId)?;
     if user_id.trim().is_empty() {
@@ -213,6 +248,42 @@ pub fn decode(body: &str) -> Result<LoginEvent, Rejection> {
         ip,
         device_id: string_field(&object, "device_id", DEVICE_ID_MAX_CHARS)?.map(Pii::text),
     })
+}
+
+/// The first key that appears twice at the top level of an object (`Some(None)` for an unknown
+/// key). `serde_json::Value` silently keeps the last value; other parsers keep the first.
+fn duplicate_key(object_text: &str) -> Option<Option<&'static str>> {
+    struct Keys(Option<Option<&'static str>>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        if !seen.insert(key.clone()) {
+                            return Ok(Keys(Some(
+                                KNOWN_FIELDS.iter().find(|f| **f == key).copied(),
+                            )));
+                        }
+                    }
+                    Ok(Keys(None))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_str::<Keys>(object_text)
+        .ok()
+        .and_then(|k| k.0)
 }
 
 fn string_field<'a>(
@@ -415,19 +486,45 @@ mod tests {
             }
             let _ = decode(&text.into_iter().collect::<String>());
         }
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!("{}{}", "[".repeat(1_000), "]".repeat(1_000));
         assert!(
             matches!(decode(&deep), Err(Rejection::NotJson { .. })),
             "recursion limit, no overflow"
         );
         let big = format!(r#"{{"user_id":"u","device_id":"{}"}}"#, "d".repeat(1 << 20));
+        assert!(
+            matches!(decode(&big), Err(Rejection::TooLarge { .. })),
+            "1 MiB body"
+        );
+        let long = format!(r#"{{"user_id":"u","device_id":"{}"}}"#, "d".repeat(4096));
         assert!(matches!(
-            decode(&big),
+            decode(&long),
             Err(Rejection::TooLong {
                 field: "device_id",
                 ..
             })
         ));
         assert!(decode(r#"{"user_id":"\ud800"}"#).is_err(), "lone surrogate");
+    }
+
+    #[test]
+    fn duplicate_keys_and_oversized_bodies_are_rejected_without_echoing_input() {
+        let dup = decode(r#"{"user_id":"a","user_id":"b"}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(dup.to_string(), "field user_id appears more than once");
+        let secret = decode(r#"{"user_id":"a","alice@example.com":1,"alice@example.com":2}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(secret.to_string(), "a field appears more than once");
+        assert!(
+            decode(r#"{"user_id":"a","x":{"k":1,"k":2}}"#).is_ok(),
+            "only top-level keys are checked"
+        );
+        let big = format!(
+            r#"{{"user_id":"a","pad":"{}"}}"#,
+            "p".repeat(BODY_MAX_BYTES)
+        );
+        assert!(matches!(decode(&big), Err(Rejection::TooLarge { .. })));
     }
 }

@@ -7,6 +7,7 @@ mod access;
 mod commands;
 mod errors;
 mod faults;
+mod hostile;
 mod kms;
 mod load;
 mod migrate;
