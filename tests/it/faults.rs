@@ -194,3 +194,53 @@ async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
     assert_eq!(queue_depth(&s.queue).await, 0);
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    use rand::{RngExt, SeedableRng};
+    let s = Setup::with_visibility(2).await;
+    const N: usize = 3000;
+    let mut all = bodies("k", N);
+    all.extend((0..30).map(|i| format!(r#"{{"user_id":{i}}}"#))); // some quarantine traffic too
+    send(&s.queue, &all).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..5 {
+        let mut child = s.etl.spawn(&[
+            "run",
+            "--wait-time-secs",
+            "1",
+            "--concurrency",
+            "4",
+            "--visibility-timeout-secs",
+            "2",
+        ]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        child.start_kill().unwrap(); // SIGKILL: no shutdown path runs
+        child.wait().await.unwrap();
+    }
+    let before_final = s.db.count("SELECT count(*) FROM user_logins").await;
+    assert!(
+        before_final > 0 && before_final < N as i64,
+        "the kills interrupted real work: {before_final}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await; // in-flight messages become visible again
+    s.drain().await;
+    let rows = s.db.count("SELECT count(*) FROM user_logins").await;
+    let quarantined = s.db.count("SELECT count(*) FROM etl.quarantine").await;
+    assert_eq!(
+        (rows, quarantined),
+        (N as i64, 30),
+        "every message exactly once"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        N as i64
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii").await,
+        N as i64
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
+    s.db.drop_db().await;
+}
