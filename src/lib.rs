@@ -12,6 +12,7 @@
 //! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
 //! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
+//! - [`retry`]: backoff for transient outages of Postgres, SQS and KMS.
 //! - [`audit`]: the hash-chained trail of reveals and erasures (append, verify).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
 //! - [`commands`]: one file per `etl` subcommand.
@@ -28,6 +29,7 @@ pub mod kek;
 pub mod keystore;
 pub mod pipeline;
 pub mod protect;
+pub mod retry;
 pub mod source;
 pub mod store;
 pub mod synth;

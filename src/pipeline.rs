@@ -4,13 +4,15 @@
 //! committed; on any error nothing of that batch is deleted, so SQS redelivers it. Redeliveries
 //! are absorbed by `ON CONFLICT (message_id) DO NOTHING` and counted as `duplicates`.
 //! A batch the database refuses is retried row by row; a refused row is quarantined.
-//! TODO(issue 7): retries with backoff for connection failures.
+//! Outages (Postgres, SQS, KMS unreachable) are waited out with backoff ([`retry`]).
 //! TODO(issue 8): pipelined stages with bounded channels and coalesced writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -20,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use crate::crypto::{Keyring, Purpose};
 use crate::error::Error;
 use crate::kek::Kek;
-use crate::keystore;
 use crate::protect::{self, Record, WriteKeys};
-use crate::source::Received;
 use crate::source::sqs::SqsQueue;
+use crate::source::{Received, SourceError};
 use crate::store::writer::{self, BatchCounts};
 use crate::store::{self, StoreError};
+use crate::{keystore, retry};
 
 /// Attempts for a batch transaction that deadlocks, fails to serialise, or meets a key rotation
 /// (nothing was committed by the failed attempts).
@@ -91,7 +93,11 @@ pub struct Pipeline {
     pool: PgPool,
     kek: Kek,
     keys: RwLock<Arc<Loaded>>,
+    max_outage: Duration,
 }
+
+/// Default bound on how long an outage is waited out before `etl run` gives up (exit 69).
+pub const DEFAULT_MAX_OUTAGE: Duration = Duration::from_secs(300);
 
 /// A keyring and the key states it was loaded under.
 struct Loaded {
@@ -107,6 +113,7 @@ impl Pipeline {
             pool,
             kek,
             keys: RwLock::new(Arc::new(loaded)),
+            max_outage: DEFAULT_MAX_OUTAGE,
         })
     }
 
@@ -117,6 +124,17 @@ impl Pipeline {
         keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
         keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
         Ok(Loaded { keys, fingerprint })
+    }
+
+    /// Waits out outages of Postgres, SQS or KMS up to this long before failing.
+    pub fn with_max_outage(mut self, max_outage: Duration) -> Pipeline {
+        self.max_outage = max_outage;
+        self
+    }
+
+    /// The retry policy for this pipeline's outage bound.
+    pub fn retry_policy(&self) -> backon::ExponentialBuilder {
+        retry::policy(self.max_outage)
     }
 
     fn loaded(&self) -> Arc<Loaded> {
@@ -135,6 +153,14 @@ impl Pipeline {
     /// Stores one batch in one transaction and commits; the caller acks afterwards. Returns the
     /// counts and the index of the newest delivery of each distinct message (the ones to delete).
     pub async fn store(&self, batch: &[Received]) -> Result<(BatchCounts, Vec<usize>), Error> {
+        (|| self.store_once(batch))
+            .retry(self.retry_policy())
+            .when(Error::is_transient)
+            .notify(retry::notify)
+            .await
+    }
+
+    async fn store_once(&self, batch: &[Received]) -> Result<(BatchCounts, Vec<usize>), Error> {
         let newest = newest_deliveries(batch);
         let mut attempt = 1;
         loop {
@@ -306,10 +332,14 @@ async fn receive_loop(
 ) -> Result<(), Error> {
     loop {
         // Only the receive races the stop signal: a batch in progress always commits and acks.
+        let receive = (|| queue.receive(options.wait_secs))
+            .retry(pipeline.retry_policy())
+            .when(SourceError::is_transient)
+            .notify(retry::notify);
         let batch = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            batch = queue.receive(options.wait_secs) => batch?,
+            batch = receive => batch?,
         };
         if batch.is_empty() {
             if options.drain {
@@ -333,7 +363,11 @@ async fn receive_loop(
                 ))
             })
             .collect();
-        let deleted = queue.delete_batch(&receipts).await?;
+        let deleted = (|| queue.delete_batch(&receipts))
+            .retry(pipeline.retry_policy())
+            .when(SourceError::is_transient)
+            .notify(retry::notify)
+            .await?;
         drop(heartbeat);
         counters
             .deleted

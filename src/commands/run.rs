@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// its messages' visibility renewed (heartbeat) until it is committed and deleted.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..=43_200))]
     visibility_timeout_secs: i32,
+    /// How long an outage of Postgres, SQS or KMS is waited out (retries with exponential
+    /// backoff and jitter) before `etl run` gives up with exit 69.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    max_outage_secs: u64,
     /// Rows per transaction for --input.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
@@ -49,7 +53,9 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
         Some(_) => None,
     };
     let pool = ctx.pool(u32::from(args.concurrency) + 1).await?;
-    let pipeline = Pipeline::load(pool, ctx.kek().await?).await?;
+    let pipeline = Pipeline::load(pool, ctx.kek().await?)
+        .await?
+        .with_max_outage(std::time::Duration::from_secs(args.max_outage_secs));
     let summary = match (source, queue) {
         (Some(messages), _) => {
             pipeline::run_messages(&pipeline, messages, args.batch_size as usize).await?

@@ -131,7 +131,14 @@ async fn missing_or_unreachable_services_give_a_clear_line_and_code() {
         .etl
         .clone()
         .with("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-        .run(&["run", "--drain", "--wait-time-secs", "1"])
+        .run(&[
+            "run",
+            "--drain",
+            "--wait-time-secs",
+            "1",
+            "--max-outage-secs",
+            "2",
+        ])
         .await;
     assert_error(&no_sqs, 69, "SQS is unreachable (ReceiveMessage");
     let no_queue_url = s.queue.replace("/pv-", "/nonexistent-pv-");

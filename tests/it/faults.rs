@@ -244,3 +244,74 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     assert_eq!(queue_depth(&s.queue).await, 0);
     s.db.drop_db().await;
 }
+
+/// The outage length.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
+    use crate::support::{Etl, TempCluster, TestKek, queue};
+    let cluster = TempCluster::start();
+    let (kek, queue_url) = (TestKek::new(), queue(10).await);
+    let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
+    etl.run(&["migrate"]).await.ok();
+    etl.run(&["keys", "init"]).await.ok();
+    send(&queue_url, &bodies("before", 400)).await;
+    let consumer = etl.spawn(&[
+        "run",
+        "--wait-time-secs",
+        "1",
+        "--concurrency",
+        "2",
+        "--visibility-timeout-secs",
+        "5",
+    ]);
+    let count = |url: String| async move {
+        match sqlx::PgPool::connect(&url).await {
+            Ok(pool) => {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM user_logins")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(-1);
+                pool.close().await;
+                n
+            }
+            Err(_) => -1,
+        }
+    };
+    while count(cluster.url()).await < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop();
+    send(&queue_url, &bodies("during", 200)).await;
+    tokio::time::sleep(OUTAGE).await;
+    cluster.start_again();
+    let mut loaded = -1;
+    for _ in 0..600 {
+        loaded = count(cluster.url()).await;
+        if loaded == 600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(
+        out.code, 0,
+        "the process survived the outage: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unreachable"),
+        "it noticed the outage: {}",
+        out.stderr
+    );
+    assert_eq!(loaded, 600, "every message loaded after the outage");
+    let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT message_id) FROM user_logins")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 600);
+    assert_eq!(queue_depth(&queue_url).await, 0);
+    pool.close().await;
+}
