@@ -280,6 +280,8 @@ pub struct QueueOptions {
     pub wait_secs: i32,
     /// Stop once a receive comes back empty, instead of polling forever.
     pub drain: bool,
+    /// After SIGTERM/SIGINT, how long in-flight batches may take to commit and delete.
+    pub shutdown_timeout: Duration,
 }
 
 /// Consumes the queue until `stop` is cancelled (or, with `drain`, until it is empty).
@@ -308,13 +310,29 @@ pub async fn run_queue(
         });
     }
     let mut first_error = None;
-    while let Some(joined) = workers.join_next().await {
+    // After a stop signal, in-flight batches get `shutdown_timeout` to commit and delete; then
+    // the rest are abandoned — not deleted, so SQS redelivers them.
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(options.shutdown_timeout).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        let joined = tokio::select! {
+            joined = workers.join_next() => joined,
+            _ = &mut deadline => {
+                tracing::warn!(abandoned = workers.len(), "shutdown timeout: abandoning batches in flight; SQS will redeliver them");
+                workers.abort_all();
+                break;
+            }
+        };
         match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            None => break,
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
                 first_error.get_or_insert(e);
             }
-            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
+            Some(Err(panic)) => std::panic::resume_unwind(panic.into_panic()),
         }
     }
     match first_error {

@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// backoff and jitter) before `etl run` gives up with exit 69.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     max_outage_secs: u64,
+    /// After SIGTERM/SIGINT: how long batches in flight may take to commit and be deleted before
+    /// the process exits anyway (they are then redelivered, never lost). Keep it below the
+    /// orchestrator's grace period (terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    shutdown_timeout_secs: u64,
     /// Rows per transaction for --input.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
@@ -65,6 +70,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 concurrency: usize::from(args.concurrency),
                 wait_secs: args.wait_time_secs,
                 drain: args.drain,
+                shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
             };
             tracing::info!(
                 queue = queue.url(),

@@ -315,3 +315,79 @@ async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
     assert_eq!(queue_depth(&queue_url).await, 0);
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_drain_commits_what_it_has_and_a_later_drain_loads_the_rest() {
+    let s = Setup::new().await;
+    const N: i64 = 1500;
+    send(&s.queue, &bodies("t", N as usize)).await;
+    let child = s.etl.spawn(&[
+        "run",
+        "--drain",
+        "--wait-time-secs",
+        "1",
+        "--concurrency",
+        "4",
+        "--visibility-timeout-secs",
+        "2",
+    ]);
+    while s.db.count("SELECT count(*) FROM user_logins").await < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = crate::support::sigterm(child).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("the summary line");
+    let loaded = summary["loaded"].as_i64().unwrap();
+    assert!(loaded > 0 && loaded < N, "stopped mid-drain: {summary}");
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins").await,
+        loaded,
+        "everything counted is committed"
+    );
+    s.drain().await;
+    assert_eq!(
+        s.db.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        N
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_batch_does_not_hold_shutdown_past_the_timeout_and_is_redelivered() {
+    let s = Setup::new().await;
+    send(&s.queue, &bodies("stuck", 10)).await;
+    let mut blocker = s.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let child = s.etl.spawn(&[
+        "run",
+        "--wait-time-secs",
+        "1",
+        "--visibility-timeout-secs",
+        "4",
+        "--shutdown-timeout-secs",
+        "2",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the batch is received and blocked
+    let started = std::time::Instant::now();
+    let out = crate::support::sigterm(child).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded shutdown"
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("shutdown timeout"), "{}", out.stderr);
+    blocker.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // visibility expires: redelivered
+    let summary = s.drain().await;
+    assert_eq!(
+        summary["loaded"], 10,
+        "nothing was deleted without its rows: {summary}"
+    );
+    s.db.drop_db().await;
+}
