@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::{Context, print_line, reveal::auditor_pool};
+use super::{Context, print_line};
 use crate::audit;
 use crate::error::Error;
 use crate::store;
@@ -40,7 +40,7 @@ enum ListFormat {
 
 /// Runs one `audit` verb (on the auditor's connection).
 pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
-    let pool = auditor_pool(ctx).await?;
+    let pool = ctx.auditor_pool().await?;
     match args.verb {
         AuditVerb::List { since, format } => {
             let rows = store::audit::list(&pool, since).await?;

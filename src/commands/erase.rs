@@ -45,10 +45,11 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
     let mut theirs = Vec::new();
     let mut after = String::new();
     loop {
-        let page = store::vault::quarantine_page(&mut tx, &after, PAGE).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        for (message_id, body) in page {
+        let page = store::quarantine::page(&mut *tx, None, &after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.message_id.clone();
+        for row in page {
+            let (message_id, body) = (row.message_id, row.body_sealed);
             let Ok(plain) = keys.open(&message_id, Field::Body, &Sealed::from_bytes(body)) else {
                 continue; // cannot tell whose it is; `keys verify` reports such rows
             };
@@ -58,7 +59,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
             }
         }
     }
-    let quarantine = store::vault::erase_quarantined(&mut tx, &theirs).await?;
+    let quarantine = store::quarantine::remove_all(&mut tx, &theirs).await?;
     let selector = format!("user_id={}", args.user_id);
     let entry = Entry {
         actor: &os_user(),

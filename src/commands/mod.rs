@@ -34,6 +34,19 @@ impl Context {
         Ok(store::connect(url.expose(), "DATABASE_URL", max_connections).await?)
     }
 
+    /// The auditor's connection (reveal, audit): `PIIVAULT_REVEAL_DATABASE_URL`, else
+    /// `DATABASE_URL` with a warning.
+    pub async fn auditor_pool(&self) -> Result<PgPool, Error> {
+        let (url, var) = match &self.settings.reveal_database_url {
+            Some(url) => (url, "PIIVAULT_REVEAL_DATABASE_URL"),
+            None => {
+                tracing::warn!("PIIVAULT_REVEAL_DATABASE_URL is not set; using DATABASE_URL");
+                (self.settings.database_url()?, "DATABASE_URL")
+            }
+        };
+        Ok(store::connect(url.expose(), var, 1).await?)
+    }
+
     /// Opens the KEK named by `PIIVAULT_KEK`.
     pub async fn kek(&self) -> Result<Kek, Error> {
         Ok(Kek::open(&self.settings.kek_uri()?).await?)

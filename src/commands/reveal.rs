@@ -79,22 +79,10 @@ pub fn check_reason(reason: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The auditor's connection: `PIIVAULT_REVEAL_DATABASE_URL`, else `DATABASE_URL` with a warning.
-pub async fn auditor_pool(ctx: &Context) -> Result<sqlx::PgPool, Error> {
-    let (url, var) = match &ctx.settings.reveal_database_url {
-        Some(url) => (url, "PIIVAULT_REVEAL_DATABASE_URL"),
-        None => {
-            tracing::warn!("PIIVAULT_REVEAL_DATABASE_URL is not set; using DATABASE_URL");
-            (ctx.settings.database_url()?, "DATABASE_URL")
-        }
-    };
-    Ok(store::connect(url.expose(), var, 1).await?)
-}
-
 /// Audits, commits, then prints the opened records.
 pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
     check_reason(&args.reason)?;
-    let pool = auditor_pool(ctx).await?;
+    let pool = ctx.auditor_pool().await?;
     // Seal keys only: the auditor's KMS grant can exclude the token keys.
     let keys = keystore::load_only(&pool, &ctx.kek().await?, Some(Purpose::Seal)).await?;
     let (selector, selected) = args.selector();

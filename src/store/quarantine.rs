@@ -2,7 +2,7 @@
 //! [`super::writer`].
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
 
@@ -17,9 +17,10 @@ pub struct Entry {
 
 /// One quarantined message with its sealed body.
 #[derive(sqlx::FromRow)]
-pub struct Sealed {
+pub struct SealedBody {
     pub message_id: String,
     pub received_at: DateTime<Utc>,
+    pub key_version: i32,
     pub body_sealed: Vec<u8>,
 }
 
@@ -31,23 +32,37 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Entry>, StoreError> {
         .map_err(StoreError::during("reading etl.quarantine"))
 }
 
-/// The next page of sealed bodies after `after` (only `only`, when given).
-pub async fn page(
-    pool: &PgPool,
+/// The next page of sealed bodies after `after`, in `message_id` order (only `only`, when
+/// given). Runs on a pool or inside the caller's transaction.
+pub async fn page<'c, E: Executor<'c, Database = Postgres>>(
+    executor: E,
     only: Option<&str>,
     after: &str,
     limit: i64,
-) -> Result<Vec<Sealed>, StoreError> {
+) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, received_at, body_sealed FROM etl.quarantine
+        "SELECT message_id, received_at, key_version, body_sealed FROM etl.quarantine
          WHERE ($1::text IS NULL OR message_id = $1) AND message_id > $2 ORDER BY message_id LIMIT $3",
     )
     .bind(only)
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
     .map_err(StoreError::during("reading etl.quarantine"))
+}
+
+/// Deletes quarantined messages by id (erasure).
+pub async fn remove_all(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+) -> Result<u64, StoreError> {
+    let result = sqlx::query("DELETE FROM etl.quarantine WHERE message_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::during("erasing from etl.quarantine"))?;
+    Ok(result.rows_affected())
 }
 
 /// Removes one entry (after its message was loaded in the same transaction).

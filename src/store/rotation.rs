@@ -5,6 +5,7 @@
 use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
+use super::quarantine::SealedBody;
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
@@ -15,14 +16,6 @@ pub struct SealedRow {
     pub key_version: i32,
     pub ip_sealed: Option<Vec<u8>>,
     pub device_id_sealed: Option<Vec<u8>>,
-}
-
-/// A quarantined body.
-#[derive(sqlx::FromRow)]
-pub struct SealedBody {
-    pub message_id: String,
-    pub key_version: i32,
-    pub body_sealed: Vec<u8>,
 }
 
 /// A vault row re-sealed under another version.
@@ -107,7 +100,7 @@ pub async fn quarantine_not_at(
     limit: i64,
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, key_version, body_sealed FROM etl.quarantine
+        "SELECT message_id, received_at, key_version, body_sealed FROM etl.quarantine
          WHERE key_version <> $1 AND message_id > $2 ORDER BY message_id LIMIT $3",
     )
     .bind(version)
@@ -270,23 +263,6 @@ pub async fn vault_with_tokens(
     .fetch_all(pool)
     .await
     .map_err(during("reading vault rows to verify"))
-}
-
-/// The next page of quarantined bodies.
-pub async fn quarantine_page(
-    pool: &PgPool,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<SealedBody>, StoreError> {
-    sqlx::query_as(
-        "SELECT message_id, key_version, body_sealed FROM etl.quarantine
-         WHERE message_id > $1 ORDER BY message_id LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(during("reading quarantine rows to verify"))
 }
 
 /// Blocks writers of sealed values until the transaction ends, and waits for those in flight

@@ -82,27 +82,3 @@ pub async fn erase_user(tx: &mut Tx<'_>, user_id: &str) -> Result<(u64, u64), St
         .map_err(during("erasing from user_logins"))?;
     Ok((vault.rows_affected(), logins.rows_affected()))
 }
-
-/// One page of quarantined bodies in the caller's transaction, after `after`.
-pub async fn quarantine_page(
-    tx: &mut Tx<'_>,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    sqlx::query_as("SELECT message_id, body_sealed FROM etl.quarantine WHERE message_id > $1 ORDER BY message_id LIMIT $2")
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(StoreError::during("reading etl.quarantine"))
-}
-
-/// Deletes quarantined messages by id.
-pub async fn erase_quarantined(tx: &mut Tx<'_>, ids: &[String]) -> Result<u64, StoreError> {
-    let result = sqlx::query("DELETE FROM etl.quarantine WHERE message_id = ANY($1)")
-        .bind(ids)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::during("erasing from etl.quarantine"))?;
-    Ok(result.rows_affected())
-}

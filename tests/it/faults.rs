@@ -16,11 +16,7 @@ async fn a_slow_batch_keeps_its_messages_invisible_until_committed() {
     let s = Setup::new().await;
     send(&s.queue, &bodies("slow", 20)).await;
     // Hold the analysts' table for 6 s: every batch waits far past its 2 s visibility timeout.
-    let mut blocker = s.db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = s.db.block_user_logins().await;
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(6)).await;
         blocker.commit().await.unwrap();
@@ -359,11 +355,7 @@ async fn sigterm_mid_drain_commits_what_it_has_and_a_later_drain_loads_the_rest(
 async fn a_stuck_batch_does_not_hold_shutdown_past_the_timeout_and_is_redelivered() {
     let s = Setup::new().await;
     send(&s.queue, &bodies("stuck", 10)).await;
-    let mut blocker = s.db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = s.db.block_user_logins().await;
     let child = s.etl.spawn(&[
         "run",
         "--wait-time-secs",

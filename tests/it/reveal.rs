@@ -8,15 +8,6 @@ const USER_DEVICE: &str = "593-47-5928";
 const OTHER: &str = "c0173198-76a8-4e67-bfc2-74eaa3bbff57"; // second sample login
 const OTHER_IP: &str = "241.6.88.151";
 
-async fn loaded() -> Setup {
-    let s = Setup::new().await;
-    s.etl
-        .run(&["run", "--input", sample_path().to_str().unwrap()])
-        .await
-        .json();
-    s
-}
-
 async fn audit_rows(s: &Setup) -> Vec<(String, String, Option<String>, String, i32)> {
     sqlx::query_as(
         "SELECT db_role, actor, user_id, reason, records FROM vault.reveal_audit ORDER BY id",
@@ -28,7 +19,7 @@ async fn audit_rows(s: &Setup) -> Vec<(String, String, Option<String>, String, i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
-    let s = loaded().await;
+    let s = Setup::with_sample().await;
     let run = s
         .etl
         .run(&[
@@ -93,7 +84,7 @@ async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
-    let s = loaded().await;
+    let s = Setup::with_sample().await;
     let run = s
         .etl
         .run(&[
@@ -141,7 +132,7 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
-    let s = loaded().await;
+    let s = Setup::with_sample().await;
     // Copy the other user's sealed ip over this user's: valid ciphertext, wrong row.
     sqlx::query(
         "UPDATE vault.login_pii SET ip_sealed = (SELECT ip_sealed FROM vault.login_pii WHERE user_id = $2)
@@ -178,7 +169,7 @@ async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_unwraps_seal_keys_only() {
-    let s = loaded().await;
+    let s = Setup::with_sample().await;
     // Make every token key unusable: an auditor whose KMS grant excludes token keys is in this spot.
     sqlx::query("UPDATE vault.data_keys SET wrapped = '\\x00'::bytea WHERE purpose = 'token'")
         .execute(&s.db.pool)

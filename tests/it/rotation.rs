@@ -446,11 +446,7 @@ async fn data_fingerprint(db: &TestDb) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rewrap_file_to_kms_to_kms_to_file_leaves_data_rows_identical() {
-    let s = Setup::new().await;
-    s.etl
-        .run(&["run", "--input", sample_path().to_str().unwrap()])
-        .await
-        .json();
+    let s = Setup::with_sample().await;
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
     let before = data_fingerprint(&s.db).await;
     let (kms1, kms2) = (kms_kek().await, kms_kek().await);
@@ -702,11 +698,7 @@ async fn versions(db: &TestDb) -> Vec<(String, i32, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotating_again() {
-    let s = Setup::new().await;
-    s.etl
-        .run(&["run", "--input", sample_path().to_str().unwrap()])
-        .await
-        .json();
+    let s = Setup::with_sample().await;
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 
     // As if a first run had died between its two rotations: only the seal key was rotated.
@@ -887,11 +879,7 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runbook_runs_while_a_consumer_keeps_loading() {
-    let s = Setup::new().await;
-    s.etl
-        .run(&["run", "--input", sample_path().to_str().unwrap()])
-        .await
-        .json();
+    let s = Setup::with_sample().await;
     let consumer = s
         .etl
         .spawn(&["run", "--wait-time-secs", "1", "--concurrency", "3"]);

@@ -123,6 +123,17 @@ impl TestDb {
         .unwrap();
     }
 
+    /// Takes an exclusive lock on `user_logins` in a transaction the caller ends: every batch
+    /// write waits until then.
+    pub async fn block_user_logins(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
@@ -396,6 +407,16 @@ impl Setup {
             kek,
             etl,
         }
+    }
+
+    /// [`Setup::new`] with the canonical sample loaded through `--input`.
+    pub async fn with_sample() -> Setup {
+        let s = Setup::new().await;
+        s.etl
+            .run(&["run", "--input", sample_path().to_str().unwrap()])
+            .await
+            .json();
+        s
     }
 
     /// `etl run --drain` with a short long poll, so the test ends soon after the queue empties.

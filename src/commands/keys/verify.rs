@@ -10,7 +10,7 @@ use crate::commands::{Context, print_line};
 use crate::crypto::{Field, KeyVersion, Sealed};
 use crate::error::Error;
 use crate::protect::tokens_of;
-use crate::store::rotation;
+use crate::store::{self, rotation};
 
 /// Scans everything in pages of `batch` rows.
 pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
@@ -92,7 +92,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let mut quarantine_rows = 0u64;
     let mut after = String::new();
     loop {
-        let rows = rotation::quarantine_page(&pool, &after, batch).await?;
+        let rows = store::quarantine::page(&pool, None, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         for row in &rows {
