@@ -158,15 +158,20 @@ impl KeyState {
     }
 }
 
+/// A state name not among active, previous, pending, retired.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown key state {0:?}")]
+pub struct UnknownState(pub String);
+
 impl FromStr for KeyState {
-    type Err = UnknownPurpose;
+    type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "active" => Ok(KeyState::Active),
             "previous" => Ok(KeyState::Previous),
             "pending" => Ok(KeyState::Pending),
             "retired" => Ok(KeyState::Retired),
-            other => Err(UnknownPurpose(other.to_owned())),
+            other => Err(UnknownState(other.to_owned())),
         }
     }
 }
