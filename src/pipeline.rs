@@ -292,6 +292,12 @@ pub async fn run_queue(
     stop: CancellationToken,
 ) -> Result<Summary, Error> {
     let started = Instant::now();
+    // A missing queue is a configuration error at start; only an unreachable SQS is waited out.
+    (|| queue.check())
+        .retry(pipeline.retry_policy())
+        .when(|e| matches!(e, SourceError::Unavailable { .. }))
+        .notify(retry::notify)
+        .await?;
     let counters = Arc::new(Counters::default());
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency.max(1) {
@@ -352,7 +358,7 @@ async fn receive_loop(
         // Only the receive races the stop signal: a batch in progress always commits and acks.
         let receive = (|| queue.receive(options.wait_secs))
             .retry(pipeline.retry_policy())
-            .when(SourceError::is_transient)
+            .when(SourceError::may_pass_while_running)
             .notify(retry::notify);
         let batch = tokio::select! {
             biased;
@@ -383,7 +389,7 @@ async fn receive_loop(
             .collect();
         let deleted = (|| queue.delete_batch(&receipts))
             .retry(pipeline.retry_policy())
-            .when(SourceError::is_transient)
+            .when(SourceError::may_pass_while_running)
             .notify(retry::notify)
             .await?;
         drop(heartbeat);

@@ -38,9 +38,14 @@ impl Error {
 }
 
 impl SourceError {
-    /// True when SQS could not be reached.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Unavailable { .. })
+    /// True for failures a running consumer waits out: SQS unreachable, or the queue gone after
+    /// it was found at start (being recreated, or an emulator restarting). A queue missing at
+    /// start is a configuration error instead ([`crate::source::sqs::SqsQueue::check`]).
+    pub fn may_pass_while_running(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Unavailable { .. } | SourceError::NoQueue { .. }
+        )
     }
 }
 

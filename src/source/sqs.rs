@@ -61,6 +61,19 @@ impl SqsQueue {
         &self.url
     }
 
+    /// Checks that the queue exists and may be read, so a wrong `SQS_QUEUE_URL` fails at start
+    /// rather than being waited out as an outage.
+    pub async fn check(&self) -> Result<(), SourceError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| self.error("GetQueueAttributes", describe(&e)))?;
+        Ok(())
+    }
+
     /// One long poll: up to [`MAX_BATCH`] messages, waiting up to `wait_secs` for the first.
     pub async fn receive(&self, wait_secs: i32) -> Result<Vec<Received>, SourceError> {
         let output = self

@@ -140,7 +140,7 @@ async fn missing_or_unreachable_services_give_a_clear_line_and_code() {
             "2",
         ])
         .await;
-    assert_error(&no_sqs, 69, "SQS is unreachable (ReceiveMessage");
+    assert_error(&no_sqs, 69, "SQS is unreachable (GetQueueAttributes");
     let no_queue_url = s.queue.replace("/pv-", "/nonexistent-pv-");
     let no_queue = s
         .etl

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Setup, queue_depth, send};
+use crate::support::{Setup, produce, queue_depth, send, sigterm};
 
 fn bodies(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
@@ -144,49 +144,36 @@ async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
     let s = Setup::new().await;
-    const N: usize = 3000;
-    let all = bodies("two", N);
-    send(&s.queue, &all).await;
-    let args = [
-        "run",
-        "--drain",
-        "--wait-time-secs",
-        "2",
-        "--concurrency",
-        "4",
-    ];
+    const N: i64 = 10_000; // the issue's size
+    let producer = produce(&s.queue, bodies("two", N as usize), 3000);
+    let args = ["run", "--wait-time-secs", "2", "--concurrency", "4"];
     let (a, b) = (s.etl.spawn(&args), s.etl.spawn(&args));
-    let (a, b) = (
-        a.wait_with_output().await.unwrap(),
-        b.wait_with_output().await.unwrap(),
-    );
-    let summary = |out: &std::process::Output| -> serde_json::Value {
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let (a, b) = (summary(&a), summary(&b));
+    producer.await.unwrap();
+    let loaded = s
+        .wait_for(
+            "SELECT count(*) FROM user_logins",
+            N,
+            Duration::from_secs(300),
+        )
+        .await;
+    let (a, b) = (sigterm(a).await, sigterm(b).await);
+    assert_eq!(loaded, N, "every message loaded");
+    let (a, b) = (a.ok().json(), b.ok().json());
     assert!(
         a["loaded"].as_u64().unwrap() > 0 && b["loaded"].as_u64().unwrap() > 0,
         "both worked: {a} {b}"
     );
     assert_eq!(
         a["loaded"].as_u64().unwrap() + b["loaded"].as_u64().unwrap(),
-        N as u64
-    );
-    assert_eq!(
-        s.db.count("SELECT count(*) FROM user_logins").await,
-        N as i64
+        N as u64,
+        "no message loaded by both: {a} {b}"
     );
     assert_eq!(
         s.db.count("SELECT count(DISTINCT message_id) FROM user_logins")
             .await,
-        N as i64
+        N
     );
+    assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, N);
     assert_eq!(queue_depth(&s.queue).await, 0);
     s.db.drop_db().await;
 }
@@ -195,10 +182,10 @@ async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     use rand::{RngExt, SeedableRng};
     let s = Setup::with_visibility(2).await;
-    const N: usize = 3000;
+    const N: usize = 20_000; // the issue's size
     let mut all = bodies("k", N);
     all.extend((0..30).map(|i| format!(r#"{{"user_id":{i}}}"#))); // some quarantine traffic too
-    send(&s.queue, &all).await;
+    let producer = produce(&s.queue, all, 3000);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     for _ in 0..5 {
         let mut child = s.etl.spawn(&[
@@ -210,7 +197,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             "--visibility-timeout-secs",
             "2",
         ]);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..6000))).await;
         child.start_kill().unwrap(); // SIGKILL: no shutdown path runs
         child.wait().await.unwrap();
     }
@@ -219,8 +206,16 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         before_final > 0 && before_final < N as i64,
         "the kills interrupted real work: {before_final}"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await; // in-flight messages become visible again
-    s.drain().await;
+    // A last consumer runs until everything sent is stored (the producer paces on its drain).
+    let last = s
+        .etl
+        .spawn(&["run", "--wait-time-secs", "1", "--concurrency", "4"]);
+    producer.await.unwrap();
+    let stored =
+        "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM etl.quarantine)";
+    s.wait_for(stored, N as i64 + 30, Duration::from_secs(300))
+        .await;
+    sigterm(last).await.ok();
     let rows = s.db.count("SELECT count(*) FROM user_logins").await;
     let quarantined = s.db.count("SELECT count(*) FROM etl.quarantine").await;
     assert_eq!(
@@ -241,6 +236,26 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     s.db.drop_db().await;
 }
 
+/// Sets up keys, sends `n` messages and starts a consumer that waits out outages.
+async fn start_consuming(
+    etl: &crate::support::Etl,
+    queue_url: &str,
+    n: usize,
+) -> tokio::process::Child {
+    etl.run(&["migrate"]).await.ok();
+    etl.run(&["keys", "init"]).await.ok();
+    send(queue_url, &bodies("before", n)).await;
+    etl.spawn(&[
+        "run",
+        "--wait-time-secs",
+        "1",
+        "--concurrency",
+        "2",
+        "--visibility-timeout-secs",
+        "5",
+    ])
+}
+
 /// The issue's outage length.
 const OUTAGE: Duration = Duration::from_secs(30);
 
@@ -250,18 +265,7 @@ async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
     let cluster = TempCluster::start();
     let (kek, queue_url) = (TestKek::new(), queue(10).await);
     let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
-    send(&queue_url, &bodies("before", 400)).await;
-    let consumer = etl.spawn(&[
-        "run",
-        "--wait-time-secs",
-        "1",
-        "--concurrency",
-        "2",
-        "--visibility-timeout-secs",
-        "5",
-    ]);
+    let consumer = start_consuming(&etl, &queue_url, 400).await;
     let count = |url: String| async move {
         match sqlx::PgPool::connect(&url).await {
             Ok(pool) => {
@@ -382,4 +386,61 @@ async fn a_stuck_batch_does_not_hold_shutdown_past_the_timeout_and_is_redelivere
         "nothing was deleted without its rows: {summary}"
     );
     s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed() {
+    use crate::support::{Etl, TempEmulator, TestDb, TestKek, create_queue};
+    let mut emulator = TempEmulator::start();
+    let (db, kek) = (TestDb::new().await, TestKek::new());
+    let queue_url = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
+    let etl =
+        Etl::new(&db.url, &queue_url, &kek.uri()).with("AWS_ENDPOINT_URL", &emulator.endpoint());
+    let consumer = start_consuming(&etl, &queue_url, 300).await;
+    let loaded = |want: i64| {
+        let db = &db;
+        async move {
+            for _ in 0..1200 {
+                if db.count("SELECT count(*) FROM user_logins").await == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(loaded(300).await, "the first 300 loaded before the restart");
+    // Down for a while (connection refused), then back empty: the queue itself is missing until
+    // it is recreated, as after a real emulator restart.
+    emulator.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    emulator.start_again();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let recreated = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
+    assert_eq!(recreated, queue_url);
+    send(&queue_url, &bodies("after", 300)).await;
+    let all_loaded = loaded(600).await;
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(
+        out.code, 0,
+        "the process survived the restart: {}",
+        out.stderr
+    );
+    assert!(
+        all_loaded,
+        "messages sent after the restart were loaded: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unreachable") && out.stderr.contains("does not exist"),
+        "it noticed both the outage and the missing queue: {}",
+        out.stderr
+    );
+    assert_eq!(
+        db.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        600
+    );
+    assert_eq!(queue_depth(&queue_url).await, 0);
+    db.drop_db().await;
 }

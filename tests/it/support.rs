@@ -168,8 +168,13 @@ impl TestKek {
 /// SDK configuration for the test's own SQS/KMS clients, pointed at the emulator.
 pub async fn aws_config() -> aws_config::SdkConfig {
     stack();
+    aws_config_at(&env("AWS_ENDPOINT_URL")).await
+}
+
+/// SDK configuration pointed at the emulator serving `endpoint`.
+pub async fn aws_config_at(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(env("AWS_ENDPOINT_URL"))
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new(env("AWS_REGION")))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
             "test",
@@ -186,11 +191,30 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&aws_config().await)
 }
 
+/// A client for the emulator serving `queue_url` (the shared one, or a test's own).
+async fn sqs_for(queue_url: &str) -> aws_sdk_sqs::Client {
+    stack();
+    let endpoint = queue_url
+        .splitn(4, '/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    aws_sdk_sqs::Client::new(&aws_config_at(&endpoint).await)
+}
+
 /// A fresh queue; `visibility_secs` sets its default visibility timeout.
 pub async fn queue(visibility_secs: u32) -> String {
     let name = unique("pv").replace('_', "-");
-    sqs()
-        .await
+    create_queue(&sqs().await, &name, visibility_secs).await
+}
+
+/// Creates (or finds) the queue `name` through `client`; returns its URL.
+pub async fn create_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_secs: u32,
+) -> String {
+    client
         .create_queue()
         .queue_name(name)
         .attributes(
@@ -206,7 +230,7 @@ pub async fn queue(visibility_secs: u32) -> String {
 
 /// Sends bodies, ten per call.
 pub async fn send(queue_url: &str, bodies: &[String]) {
-    let client = sqs().await;
+    let client = sqs_for(queue_url).await;
     for chunk in bodies.chunks(10) {
         let entries = chunk.iter().enumerate().map(|(i, body)| {
             aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
@@ -226,9 +250,27 @@ pub async fn send(queue_url: &str, bodies: &[String]) {
     }
 }
 
+/// Sends `bodies` in the background, 500 at a time, keeping the queue at most about `max_depth`
+/// deep: moto slows as a queue deepens (DESIGN §6), and real producers send alongside consumers.
+pub fn produce(
+    queue_url: &str,
+    bodies: Vec<String>,
+    max_depth: i64,
+) -> tokio::task::JoinHandle<()> {
+    let queue_url = queue_url.to_owned();
+    tokio::spawn(async move {
+        for chunk in bodies.chunks(500) {
+            while queue_depth(&queue_url).await > max_depth {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            send(&queue_url, chunk).await;
+        }
+    })
+}
+
 /// Visible + in-flight messages left on a queue.
 pub async fn queue_depth(queue_url: &str) -> i64 {
-    let attrs = sqs()
+    let attrs = sqs_for(queue_url)
         .await
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -420,6 +462,18 @@ impl Setup {
     }
 
     /// `etl run --drain` with a short long poll, so the test ends soon after the queue empties.
+    /// Waits until `count_sql` counts `want` or `timeout` passes; returns the last count.
+    pub async fn wait_for(&self, count_sql: &str, want: i64, timeout: std::time::Duration) -> i64 {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let rows = self.db.count(count_sql).await;
+            if rows >= want || std::time::Instant::now() > until {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn drain(&self) -> serde_json::Value {
         self.etl
             .run(&["run", "--drain", "--wait-time-secs", "2"])
@@ -460,11 +514,7 @@ impl TempCluster {
                 .status();
             assert!(chown.unwrap().success());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let cluster = TempCluster {
             dir,
             bin,
@@ -557,5 +607,80 @@ impl Drop for TempCluster {
             .arg(self.bin.join("pg_ctl"))
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An emulator process of the test's own on a free port: a test that restarts it never touches
+/// the shared one (moto keeps every queue in memory, so a restart empties it).
+pub struct TempEmulator {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl TempEmulator {
+    /// Starts the patched moto launcher of scripts/stack.sh and waits until it answers.
+    pub fn start() -> TempEmulator {
+        stack(); // installs the emulator's virtualenv
+        let mut emulator = TempEmulator {
+            child: None,
+            port: free_port(),
+        };
+        emulator.start_again();
+        emulator
+    }
+
+    /// Starts (or restarts) the server, empty, and waits until it accepts connections.
+    pub fn start_again(&mut self) {
+        let child = std::process::Command::new(Path::new(ROOT).join(".venv-aws/bin/python"))
+            .arg(Path::new(ROOT).join("scripts/moto_server.py"))
+            .args(["--port", &self.port.to_string(), "--threads", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the emulator");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "the test's emulator did not listen on port {} within 30 s",
+            self.port
+        );
+    }
+
+    /// Kills the server: every queue and message it held is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The endpoint URL (`AWS_ENDPOINT_URL`) of this emulator.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An SQS client for this emulator.
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&aws_config_at(&self.endpoint()).await)
+    }
+}
+
+impl Drop for TempEmulator {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
