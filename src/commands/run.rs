@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::{Context, print_line};
 use crate::error::Error;
-use crate::pipeline::{self, Pipeline, QueueOptions};
-use crate::source::{file, sqs::SqsQueue};
+use crate::pipeline::{self, FlowOptions, Pipeline, QueueOptions};
+use crate::source::{file::InputFile, sqs::SqsQueue};
 
 /// `etl run [--drain] [--input FILE] [--concurrency N] [--wait-time-secs S]`.
 #[derive(Debug, Args)]
@@ -38,47 +39,58 @@ pub struct RunArgs {
     /// orchestrator's grace period (terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     shutdown_timeout_secs: u64,
-    /// Rows per transaction for --input.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Rows per transaction, at most: receives (or file reads) are coalesced up to this.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
+    /// How long a writer waits for more messages before committing a smaller transaction.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    linger_ms: u64,
+    /// Transactions in progress at once (each holds one database connection).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    writers: u16,
 }
 
 /// Runs until the queue is drained (`--drain`), the file is loaded, or SIGINT/SIGTERM.
 pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
-    let source = match &args.input {
-        Some(path) => Some(file::read(path)?),
+    let input = match &args.input {
+        Some(path) => Some(InputFile::open(path)?),
         None => None,
     };
-    let queue = match source {
-        None => Some(
-            SqsQueue::new(ctx.settings.queue_url()?.to_owned())
-                .await
-                .with_visibility(args.visibility_timeout_secs),
-        ),
+    let queue_url = match input {
+        None => Some(ctx.settings.queue_url()?.to_owned()),
         Some(_) => None,
     };
-    let pool = ctx.pool(u32::from(args.concurrency) + 1).await?;
+    let pool = ctx.pool(u32::from(args.writers) + 1).await?;
     let pipeline = Pipeline::load(pool, ctx.kek().await?)
         .await?
-        .with_max_outage(std::time::Duration::from_secs(args.max_outage_secs));
-    let summary = match (source, queue) {
-        (Some(messages), _) => {
-            pipeline::run_messages(&pipeline, messages, args.batch_size as usize).await?
-        }
-        (None, Some(queue)) => {
+        .with_max_outage(Duration::from_secs(args.max_outage_secs));
+    let pipeline = Arc::new(pipeline);
+    let flow = FlowOptions {
+        writers: usize::from(args.writers),
+        max_rows: args.batch_size as usize,
+        linger: Duration::from_millis(args.linger_ms),
+    };
+    let summary = match (input, queue_url) {
+        (Some(input), _) => pipeline::run_file(pipeline, input, flow).await?,
+        (None, Some(url)) => {
+            let queue = SqsQueue::new(url)
+                .await
+                .with_visibility(args.visibility_timeout_secs);
             let options = QueueOptions {
                 concurrency: usize::from(args.concurrency),
                 wait_secs: args.wait_time_secs,
                 drain: args.drain,
-                shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+                shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+                flow,
             };
             tracing::info!(
                 queue = queue.url(),
                 concurrency = options.concurrency,
+                writers = flow.writers,
                 drain = options.drain,
                 "consuming"
             );
-            pipeline::run_queue(Arc::new(pipeline), queue, options, ctx.stop.clone()).await?
+            pipeline::run_queue(pipeline, queue, options, ctx.stop.clone()).await?
         }
         (None, None) => unreachable!("either a file or a queue"),
     };

@@ -3,7 +3,40 @@
 pub mod file;
 pub mod sqs;
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
+
+/// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in benchmarks a model of it.
+pub trait Queue: Clone + Send + Sync + 'static {
+    /// Checks that the queue exists and may be read (a missing queue is a configuration error).
+    fn check(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// One receive of up to ten messages, waiting up to `wait_secs` for the first.
+    fn receive(
+        &self,
+        wait_secs: i32,
+    ) -> impl Future<Output = Result<Vec<Received>, SourceError>> + Send;
+
+    /// Deletes committed messages, given as (message id, receipt handle), at most ten; returns
+    /// how many the queue confirmed.
+    fn delete_batch(
+        &self,
+        receipts: &[(&str, &str)],
+    ) -> impl Future<Output = Result<usize, SourceError>> + Send;
+
+    /// Keeps received messages invisible until the returned guard is dropped.
+    fn keep_invisible(&self, receipt_handles: Vec<String>) -> Option<Heartbeat>;
+}
+
+/// Keeps a batch's messages invisible while it is processed; stops when dropped.
+pub struct Heartbeat(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// One message as received, before decoding. The body may hold PII: never log it.
 pub struct Received {

@@ -6,7 +6,7 @@ use aws_sdk_sqs::types::{
 };
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{Received, SourceError};
+use super::{Heartbeat, Queue, Received, SourceError};
 use crate::aws::{CallFailure, describe};
 
 /// Most messages one receive, delete or send call carries (an SQS limit).
@@ -18,15 +18,6 @@ pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
     visibility_secs: Option<i32>,
-}
-
-/// Keeps a batch's messages invisible while it is processed; stops when dropped.
-pub struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl SqsQueue {
@@ -59,108 +50,6 @@ impl SqsQueue {
     /// The queue URL.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// Checks that the queue exists and may be read, so a wrong `SQS_QUEUE_URL` fails at start
-    /// rather than being waited out as an outage.
-    pub async fn check(&self) -> Result<(), SourceError> {
-        self.client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
-            .send()
-            .await
-            .map_err(|e| self.error("GetQueueAttributes", describe(&e)))?;
-        Ok(())
-    }
-
-    /// One long poll: up to [`MAX_BATCH`] messages, waiting up to `wait_secs` for the first.
-    pub async fn receive(&self, wait_secs: i32) -> Result<Vec<Received>, SourceError> {
-        let output = self
-            .client
-            .receive_message()
-            .queue_url(&self.url)
-            .max_number_of_messages(MAX_BATCH as i32)
-            .wait_time_seconds(wait_secs)
-            .set_visibility_timeout(self.visibility_secs)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .send()
-            .await
-            .map_err(|e| self.error("ReceiveMessage", describe(&e)))?;
-        let now = Utc::now();
-        Ok(output
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| {
-                let sent_at = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
-                    .and_then(|ms| millis(ms))
-                    .unwrap_or(now);
-                Some(Received {
-                    message_id: m.message_id?,
-                    receipt_handle: Some(m.receipt_handle?),
-                    sent_at,
-                    body: m.body.unwrap_or_default(),
-                })
-            })
-            .collect())
-    }
-
-    /// Deletes received messages (at most [`MAX_BATCH`] handles); returns how many SQS confirmed.
-    /// Entries SQS refuses are logged by message id and left to reappear.
-    pub async fn delete_batch(&self, receipts: &[(&str, &str)]) -> Result<usize, SourceError> {
-        if receipts.is_empty() {
-            return Ok(0);
-        }
-        let entries = receipts
-            .iter()
-            .enumerate()
-            .map(|(i, (_, handle))| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(*handle)
-                    .build()
-                    .expect("id and receipt handle are set")
-            })
-            .collect();
-        let output = self
-            .client
-            .delete_message_batch()
-            .queue_url(&self.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| self.error("DeleteMessageBatch", describe(&e)))?;
-        for failed in output.failed() {
-            let message_id = failed
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| receipts.get(i));
-            tracing::warn!(
-                message_id = message_id.map(|r| r.0),
-                code = failed.code(),
-                "SQS did not delete a committed message; it will be redelivered and counted as a duplicate"
-            );
-        }
-        Ok(output.successful().len())
-    }
-
-    /// Renews the visibility of received messages every half timeout until the returned
-    /// [`Heartbeat`] is dropped, so a slow batch is not redelivered to another consumer.
-    /// Without a configured visibility timeout it does nothing.
-    pub fn keep_invisible(&self, receipt_handles: Vec<String>) -> Option<Heartbeat> {
-        let secs = self.visibility_secs.filter(|s| *s > 0)?;
-        let queue = self.clone();
-        Some(Heartbeat(tokio::spawn(async move {
-            let period = std::time::Duration::from_millis(secs as u64 * 500);
-            loop {
-                tokio::time::sleep(period).await;
-                queue.extend_visibility(&receipt_handles, secs).await;
-            }
-        })))
     }
 
     async fn extend_visibility(&self, receipt_handles: &[String], secs: i32) {
@@ -245,6 +134,110 @@ impl SqsQueue {
                 detail,
             },
         }
+    }
+}
+
+impl Queue for SqsQueue {
+    /// Checks that the queue exists and may be read, so a wrong `SQS_QUEUE_URL` fails at start
+    /// rather than being waited out as an outage.
+    async fn check(&self) -> Result<(), SourceError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| self.error("GetQueueAttributes", describe(&e)))?;
+        Ok(())
+    }
+
+    /// One long poll: up to [`MAX_BATCH`] messages, waiting up to `wait_secs` for the first.
+    async fn receive(&self, wait_secs: i32) -> Result<Vec<Received>, SourceError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(MAX_BATCH as i32)
+            .wait_time_seconds(wait_secs)
+            .set_visibility_timeout(self.visibility_secs)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await
+            .map_err(|e| self.error("ReceiveMessage", describe(&e)))?;
+        let now = Utc::now();
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let sent_at = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|ms| millis(ms))
+                    .unwrap_or(now);
+                Some(Received {
+                    message_id: m.message_id?,
+                    receipt_handle: Some(m.receipt_handle?),
+                    sent_at,
+                    body: m.body.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes received messages (at most [`MAX_BATCH`] handles); returns how many SQS confirmed.
+    /// Entries SQS refuses are logged by message id and left to reappear.
+    async fn delete_batch(&self, receipts: &[(&str, &str)]) -> Result<usize, SourceError> {
+        if receipts.is_empty() {
+            return Ok(0);
+        }
+        let entries = receipts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, handle))| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*handle)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let output = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteMessageBatch", describe(&e)))?;
+        for failed in output.failed() {
+            let message_id = failed
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| receipts.get(i));
+            tracing::warn!(
+                message_id = message_id.map(|r| r.0),
+                code = failed.code(),
+                "SQS did not delete a committed message; it will be redelivered and counted as a duplicate"
+            );
+        }
+        Ok(output.successful().len())
+    }
+
+    /// Renews the visibility of received messages every half timeout until the returned
+    /// [`Heartbeat`] is dropped, so a slow batch is not redelivered to another consumer.
+    /// Without a configured visibility timeout it does nothing.
+    fn keep_invisible(&self, receipt_handles: Vec<String>) -> Option<Heartbeat> {
+        let secs = self.visibility_secs.filter(|s| *s > 0)?;
+        let queue = self.clone();
+        Some(Heartbeat(tokio::spawn(async move {
+            let period = std::time::Duration::from_millis(secs as u64 * 500);
+            loop {
+                tokio::time::sleep(period).await;
+                queue.extend_visibility(&receipt_handles, secs).await;
+            }
+        })))
     }
 }
 

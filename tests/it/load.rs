@@ -117,6 +117,25 @@ async fn input_file_loads_once_and_a_second_load_adds_nothing() {
     assert_eq!(second["loaded"], 0);
     assert_eq!(second["quarantined"], 0);
     assert_eq!(second["duplicates"], 100);
+    // The same content gzipped is the same file: its messages have the same ids.
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("sample.json.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut encoder, &std::fs::read(sample_path()).unwrap()).unwrap();
+    encoder.finish().unwrap();
+    let third = s
+        .etl
+        .run(&["run", "--input", gz.to_str().unwrap(), "--writers", "3"])
+        .await
+        .json();
+    assert_eq!(
+        (third["received"].as_u64(), third["duplicates"].as_u64()),
+        (Some(100), Some(100)),
+        "{third}"
+    );
     assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 99);
     assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 1);
     assert_eq!(
@@ -124,5 +143,64 @@ async fn input_file_loads_once_and_a_second_load_adds_nothing() {
             .await,
         29
     );
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receives_are_coalesced_into_larger_transactions() {
+    let s = Setup::new().await;
+    let bodies: Vec<String> = (0..400)
+        .map(|i| {
+            format!(
+                r#"{{"user_id":"c-{i}","ip":"10.9.{}.{}"}}"#,
+                i / 200,
+                i % 200
+            )
+        })
+        .collect();
+    send(&s.queue, &bodies).await;
+    let etl = s.etl.clone().with("RUST_LOG", "piivault=debug");
+    let run = etl.run(&[
+        "run",
+        "--drain",
+        "--wait-time-secs",
+        "1",
+        "--concurrency",
+        "8",
+        "--writers",
+        "1",
+        "--batch-size",
+        "100",
+        "--linger-ms",
+        "2000",
+    ]);
+    let run = run.await;
+    assert_eq!(run.json()["loaded"], 400, "{}", run.stderr);
+    let sizes: Vec<u64> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| {
+            l.split("received=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        sizes.iter().any(|&n| n >= 100),
+        "receives of ten were coalesced into transactions of --batch-size rows: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&n| n < 110),
+        "no transaction beyond --batch-size plus one receive: {sizes:?}"
+    );
+    assert_eq!(
+        sizes.iter().sum::<u64>(),
+        run.json()["received"].as_u64().unwrap()
+    );
+    assert_eq!(queue_depth(&s.queue).await, 0);
     s.db.drop_db().await;
 }

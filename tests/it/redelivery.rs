@@ -6,6 +6,7 @@ use std::sync::Arc;
 use piivault::commands::Context;
 use piivault::config::{DatabaseUrl, Settings};
 use piivault::pipeline::Pipeline;
+use piivault::source::Queue;
 use piivault::source::sqs::SqsQueue;
 
 use crate::support::{Setup, queue_depth, sample_bodies, send, sqs};

@@ -1,30 +1,31 @@
-//! The run loop: receive → decode/protect → one transaction per batch → delete after commit.
+//! Decode/protect → one transaction per chunk of messages, with the keys of the moment.
 //!
-//! A message is deleted only after the transaction holding its row (or quarantine entry) has
-//! committed; on any error nothing of that batch is deleted, so SQS redelivers it. Redeliveries
-//! are absorbed by `ON CONFLICT (message_id) DO NOTHING` and counted as `duplicates`.
-//! A batch the database refuses is retried row by row; a refused row is quarantined.
-//! Outages (Postgres, SQS, KMS unreachable) are waited out with backoff ([`retry`]).
-//! TODO(issue 8): pipelined stages with bounded channels and coalesced writes.
+//! [`flow`] runs the stages (receive → write → delete); [`Pipeline::store`] is the write: a chunk
+//! is committed whole or not at all, and nothing is deleted before its commit, so on any error
+//! the queue redelivers. Redeliveries are absorbed by `ON CONFLICT (message_id) DO NOTHING` and
+//! counted as `duplicates`. A chunk the database refuses is retried row by row; a refused row is
+//! quarantined. Outages (Postgres, SQS, KMS unreachable) are waited out with backoff ([`retry`]).
+
+pub mod flow;
+pub mod summary;
+
+pub use flow::{FlowOptions, QueueOptions, run_file, run_queue};
+pub use summary::Summary;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::Retryable;
 
 use chrono::Utc;
-use serde::Serialize;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::crypto::{Keyring, Purpose};
 use crate::error::Error;
 use crate::kek::Kek;
 use crate::protect::{self, Record, WriteKeys};
-use crate::source::sqs::SqsQueue;
-use crate::source::{Received, SourceError};
+use crate::source::Received;
 use crate::store::writer::{self, BatchCounts};
 use crate::store::{self, StoreError};
 use crate::{keystore, retry};
@@ -33,62 +34,7 @@ use crate::{keystore, retry};
 /// (nothing was committed by the failed attempts).
 const WRITE_ATTEMPTS: u32 = 4;
 
-/// The one-line JSON summary `etl run` prints on stdout.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
-pub struct Summary {
-    /// Messages received, redeliveries included.
-    pub received: u64,
-    /// New `user_logins` rows.
-    pub loaded: u64,
-    /// New quarantine rows.
-    pub quarantined: u64,
-    /// Redelivered messages whose `MessageId` was already stored.
-    pub duplicates: u64,
-    /// Messages deleted from SQS after commit.
-    pub deleted: u64,
-    /// Wall-clock seconds.
-    #[serde(serialize_with = "two_decimals")]
-    pub seconds: f64,
-}
-
-fn two_decimals<S: serde::Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64((value * 100.0).round() / 100.0)
-}
-
-#[derive(Default)]
-struct Counters {
-    received: AtomicU64,
-    loaded: AtomicU64,
-    quarantined: AtomicU64,
-    duplicates: AtomicU64,
-    deleted: AtomicU64,
-}
-
-impl Counters {
-    fn add(&self, received: usize, counts: BatchCounts, in_batch_duplicates: usize) {
-        self.received.fetch_add(received as u64, Ordering::Relaxed);
-        self.loaded.fetch_add(counts.loaded, Ordering::Relaxed);
-        self.quarantined
-            .fetch_add(counts.quarantined, Ordering::Relaxed);
-        self.duplicates.fetch_add(
-            counts.duplicates + in_batch_duplicates as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    fn summary(&self, started: Instant) -> Summary {
-        Summary {
-            received: self.received.load(Ordering::Relaxed),
-            loaded: self.loaded.load(Ordering::Relaxed),
-            quarantined: self.quarantined.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            deleted: self.deleted.load(Ordering::Relaxed),
-            seconds: started.elapsed().as_secs_f64(),
-        }
-    }
-}
-
-/// Decodes, protects and stores batches; shared by every receiver.
+/// Decodes, protects and stores chunks of messages; shared by every writer.
 pub struct Pipeline {
     pool: PgPool,
     kek: Kek,
@@ -269,157 +215,6 @@ fn newest_deliveries(batch: &[Received]) -> Vec<usize> {
         }
     }
     order
-}
-
-/// How `etl run` consumes a queue.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueOptions {
-    /// Receivers polling at once.
-    pub concurrency: usize,
-    /// Long-poll wait per receive (`WaitTimeSeconds`, 0–20).
-    pub wait_secs: i32,
-    /// Stop once a receive comes back empty, instead of polling forever.
-    pub drain: bool,
-    /// After SIGTERM/SIGINT, how long in-flight batches may take to commit and delete.
-    pub shutdown_timeout: Duration,
-}
-
-/// Consumes the queue until `stop` is cancelled (or, with `drain`, until it is empty).
-pub async fn run_queue(
-    pipeline: Arc<Pipeline>,
-    queue: SqsQueue,
-    options: QueueOptions,
-    stop: CancellationToken,
-) -> Result<Summary, Error> {
-    let started = Instant::now();
-    // A missing queue is a configuration error at start; only an unreachable SQS is waited out.
-    (|| queue.check())
-        .retry(pipeline.retry_policy())
-        .when(|e| matches!(e, SourceError::Unavailable { .. }))
-        .notify(retry::notify)
-        .await?;
-    let counters = Arc::new(Counters::default());
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..options.concurrency.max(1) {
-        let (pipeline, queue, stop, counters) = (
-            pipeline.clone(),
-            queue.clone(),
-            stop.clone(),
-            counters.clone(),
-        );
-        workers.spawn(async move {
-            let result = receive_loop(&pipeline, &queue, options, &stop, &counters).await;
-            if result.is_err() {
-                stop.cancel(); // the others finish their batch and stop
-            }
-            result
-        });
-    }
-    let mut first_error = None;
-    // After a stop signal, in-flight batches get `shutdown_timeout` to commit and delete; then
-    // the rest are abandoned — not deleted, so SQS redelivers them.
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(options.shutdown_timeout).await;
-    };
-    tokio::pin!(deadline);
-    loop {
-        let joined = tokio::select! {
-            joined = workers.join_next() => joined,
-            _ = &mut deadline => {
-                tracing::warn!(abandoned = workers.len(), "shutdown timeout: abandoning batches in flight; SQS will redeliver them");
-                workers.abort_all();
-                break;
-            }
-        };
-        match joined {
-            None => break,
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(e))) => {
-                first_error.get_or_insert(e);
-            }
-            Some(Err(panic)) => std::panic::resume_unwind(panic.into_panic()),
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(counters.summary(started)),
-    }
-}
-
-async fn receive_loop(
-    pipeline: &Pipeline,
-    queue: &SqsQueue,
-    options: QueueOptions,
-    stop: &CancellationToken,
-    counters: &Counters,
-) -> Result<(), Error> {
-    loop {
-        // Only the receive races the stop signal: a batch in progress always commits and acks.
-        let receive = (|| queue.receive(options.wait_secs))
-            .retry(pipeline.retry_policy())
-            .when(SourceError::may_pass_while_running)
-            .notify(retry::notify);
-        let batch = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            batch = receive => batch?,
-        };
-        if batch.is_empty() {
-            if options.drain {
-                return Ok(());
-            }
-            continue;
-        }
-        let handles = batch
-            .iter()
-            .filter_map(|m| m.receipt_handle.clone())
-            .collect();
-        let heartbeat = queue.keep_invisible(handles);
-        let (counts, newest) = pipeline.store(&batch).await?;
-        counters.add(batch.len(), counts, batch.len() - newest.len());
-        let receipts: Vec<(&str, &str)> = newest
-            .iter()
-            .filter_map(|&i| {
-                Some((
-                    batch[i].message_id.as_str(),
-                    batch[i].receipt_handle.as_deref()?,
-                ))
-            })
-            .collect();
-        let deleted = (|| queue.delete_batch(&receipts))
-            .retry(pipeline.retry_policy())
-            .when(SourceError::may_pass_while_running)
-            .notify(retry::notify)
-            .await?;
-        drop(heartbeat);
-        counters
-            .deleted
-            .fetch_add(deleted as u64, Ordering::Relaxed);
-        tracing::debug!(
-            received = batch.len(),
-            loaded = counts.loaded,
-            quarantined = counts.quarantined,
-            duplicates = counts.duplicates,
-            deleted,
-            "batch committed"
-        );
-    }
-}
-
-/// Loads already-read messages (a backfill file) in transactions of `batch_size`.
-pub async fn run_messages(
-    pipeline: &Pipeline,
-    messages: Vec<Received>,
-    batch_size: usize,
-) -> Result<Summary, Error> {
-    let started = Instant::now();
-    let counters = Counters::default();
-    for batch in messages.chunks(batch_size.max(1)) {
-        let (counts, newest) = pipeline.store(batch).await?;
-        counters.add(batch.len(), counts, batch.len() - newest.len());
-    }
-    Ok(counters.summary(started))
 }
 
 #[cfg(test)]
