@@ -1,0 +1,230 @@
+//! Pipeline benchmarks that need a queue; scripts/bench.sh runs them. Not part of `etl`.
+//!
+//! `cargo bench --bench pipeline -- MODE --messages N [--concurrency C] [--latency-ms L]`
+//! - `modelled`: `etl run`'s own stages (receivers → coalescing writers → deletes) fed by a
+//!   queue whose receive and delete each take L ms (default 20) and return up to ten messages:
+//!   SQS at real-service speed, which the emulator cannot give.
+//! - `seed-style`: the seeds' consumer on the same modelled queue: one receive at a time, one
+//!   INSERT + COMMIT per row, then the delete.
+//! - `ideal-sqs`: receive 10 + delete 10 with no processing, C at a time, against the real queue
+//!   at `SQS_QUEUE_URL`: the most any consumer can get out of that queue.
+//!
+//! The database ones write to `DATABASE_URL` with the keys under `PIIVAULT_KEK` (migrated, keys
+//! initialised). Prints one JSON line.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use piivault::commands::Context;
+use piivault::config::Settings;
+use piivault::pipeline::{self, FlowOptions, Pipeline, QueueOptions};
+use piivault::source::sqs::SqsQueue;
+use piivault::source::{Heartbeat, Queue, Received, SourceError};
+use piivault::synth::{self, SynthOptions};
+
+/// A queue with SQS's shape (ten per receive, batch delete) and a fixed latency per call.
+#[derive(Clone)]
+struct ModelledQueue {
+    pending: Arc<Mutex<VecDeque<Received>>>,
+    latency: Duration,
+}
+
+impl ModelledQueue {
+    fn new(messages: usize, latency: Duration) -> ModelledQueue {
+        let bodies = synth::generate(SynthOptions {
+            count: messages,
+            malformed_ratio: 0.01,
+            seed: 9,
+        })
+        .bodies;
+        let now = Utc::now();
+        let pending = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Received {
+                message_id: format!("modelled-{i}"),
+                receipt_handle: Some(format!("handle-{i}")),
+                sent_at: now,
+                body,
+            })
+            .collect();
+        ModelledQueue {
+            pending: Arc::new(Mutex::new(pending)),
+            latency,
+        }
+    }
+}
+
+impl Queue for ModelledQueue {
+    async fn check(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn receive(&self, _wait_secs: i32) -> Result<Vec<Received>, SourceError> {
+        tokio::time::sleep(self.latency).await;
+        let mut pending = self.pending.lock().unwrap();
+        let n = pending.len().min(10);
+        Ok(pending.drain(..n).collect())
+    }
+
+    async fn delete_batch(&self, receipts: &[(&str, &str)]) -> Result<usize, SourceError> {
+        tokio::time::sleep(self.latency).await;
+        Ok(receipts.len())
+    }
+
+    fn keep_invisible(&self, _: Vec<String>) -> Option<Heartbeat> {
+        None
+    }
+}
+
+struct Args {
+    mode: String,
+    messages: usize,
+    concurrency: usize,
+    latency: Duration,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        mode: String::new(),
+        messages: 20_000,
+        concurrency: 16,
+        latency: Duration::from_millis(20),
+    };
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().expect("a value after the flag");
+        match arg.as_str() {
+            "--messages" => args.messages = value().parse().unwrap(),
+            "--concurrency" => args.concurrency = value().parse().unwrap(),
+            "--latency-ms" => args.latency = Duration::from_millis(value().parse().unwrap()),
+            mode if args.mode.is_empty() => args.mode = mode.to_owned(),
+            other => panic!("unexpected argument {other}"),
+        }
+    }
+    args
+}
+
+async fn pipeline(ctx: &Context, connections: u32) -> Arc<Pipeline> {
+    let pool = ctx.pool(connections).await.unwrap();
+    Arc::new(
+        Pipeline::load(pool, ctx.kek().await.unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+/// `etl run`'s stages, with `etl run`'s defaults, on the modelled queue.
+async fn modelled(ctx: &Context, args: &Args) -> (u64, f64) {
+    let queue = ModelledQueue::new(args.messages, args.latency);
+    let flow = FlowOptions {
+        writers: 4,
+        max_rows: 1000,
+        linger: Duration::from_millis(200),
+    };
+    let options = QueueOptions {
+        concurrency: args.concurrency,
+        wait_secs: 0,
+        drain: true,
+        shutdown_timeout: Duration::from_secs(30),
+        flow,
+    };
+    let pipeline = pipeline(ctx, flow.writers as u32 + 1).await;
+    let started = Instant::now();
+    let summary = pipeline::run_queue(pipeline, queue, options, ctx.stop.clone())
+        .await
+        .unwrap();
+    assert_eq!(summary.deleted, args.messages as u64);
+    (summary.received, started.elapsed().as_secs_f64())
+}
+
+/// The seeds' consumer: one receive at a time, a transaction per row, then the delete.
+async fn seed_style(ctx: &Context, args: &Args) -> (u64, f64) {
+    let queue = ModelledQueue::new(args.messages, args.latency);
+    let pipeline = pipeline(ctx, 1).await;
+    let started = Instant::now();
+    let mut received = 0;
+    loop {
+        let batch = queue.receive(0).await.unwrap();
+        if batch.is_empty() {
+            return (received, started.elapsed().as_secs_f64());
+        }
+        for message in &batch {
+            pipeline.store(std::slice::from_ref(message)).await.unwrap();
+        }
+        let receipts: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|m| (m.message_id.as_str(), m.receipt_handle.as_deref().unwrap()))
+            .collect();
+        queue.delete_batch(&receipts).await.unwrap();
+        received += batch.len() as u64;
+    }
+}
+
+/// Receive 10 + delete 10, no processing, `concurrency` at a time, until a receive is empty.
+async fn ideal_sqs(ctx: &Context, args: &Args) -> (u64, f64) {
+    let queue = SqsQueue::new(ctx.settings.queue_url().unwrap().to_owned()).await;
+    let started = Instant::now();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (queue, seen) = (queue.clone(), seen.clone());
+        tasks.spawn(async move {
+            loop {
+                let batch = queue.receive(1).await.unwrap();
+                if batch.is_empty() {
+                    return;
+                }
+                let receipts: Vec<(&str, &str)> = batch
+                    .iter()
+                    .map(|m| (m.message_id.as_str(), m.receipt_handle.as_deref().unwrap()))
+                    .collect();
+                queue.delete_batch(&receipts).await.unwrap();
+                seen.lock()
+                    .unwrap()
+                    .extend(batch.into_iter().map(|m| m.message_id));
+            }
+        });
+    }
+    tasks.join_all().await;
+    let distinct = seen.lock().unwrap().len() as u64;
+    (distinct, started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = args();
+    if args.mode.is_empty() {
+        // `cargo test --all-targets` runs bench binaries without arguments: nothing to measure.
+        eprintln!(
+            "usage: cargo bench --bench pipeline -- modelled|seed-style|ideal-sqs [--messages N] [--concurrency C] [--latency-ms L]"
+        );
+        return;
+    }
+    let ctx = Context {
+        settings: Settings::from_env(),
+        stop: Default::default(),
+    };
+    let (messages, seconds) = match args.mode.as_str() {
+        "modelled" => modelled(&ctx, &args).await,
+        "seed-style" => {
+            args.concurrency = 1; // one receive at a time, by definition
+            seed_style(&ctx, &args).await
+        }
+        "ideal-sqs" => ideal_sqs(&ctx, &args).await,
+        other => panic!("unknown mode {other:?}: modelled, seed-style or ideal-sqs"),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": args.mode,
+            "messages": messages,
+            "concurrency": args.concurrency,
+            "latency_ms": args.latency.as_millis() as u64,
+            "seconds": (seconds * 100.0).round() / 100.0,
+            "msgs_per_s": (messages as f64 / seconds).round(),
+        })
+    );
+}

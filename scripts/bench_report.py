@@ -1,0 +1,115 @@
+"""Turns scripts/bench.sh's results (one JSON object per line) into markdown tables, checks the
+goals of the throughput issue, and writes everything to one JSON file."""
+
+import json
+import os
+import platform
+import sys
+
+results_path, json_path, latency_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [json.loads(line) for line in open(results_path) if line.strip()]
+
+
+def find(prefix):
+    return [r for r in rows if r["name"].startswith(prefix)]
+
+
+def one(prefix):
+    found = find(prefix)
+    return found[0] if found else None
+
+
+def fmt(value, digits=0):
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+goals = []
+
+
+def goal(text, ok):
+    goals.append({"goal": text, "met": bool(ok)})
+
+
+copy = one("raw COPY limit")
+backfills = find("backfill --input")
+if copy or backfills:
+    print("### Backfill against the raw-COPY limit\n")
+    print("| run | events | wall s | events/s | × raw COPY | CPU µs/event | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+if copy:
+    print(f"| {copy['name']} | {copy['rows']:,} | {copy['wall_s']} | {fmt(copy['rows_per_s'])} | 1.00 | | |")
+for r in backfills:
+    ratio = r["rows_per_s"] / copy["rows_per_s"] if copy else None
+    r["ratio_to_copy"] = ratio
+    print(f"| {r['name']} | {r['rows']:,} | {r['wall_s']} | {fmt(r['rows_per_s'])} | {fmt(ratio, 2)} "
+          f"| {r['cpu_us_per_row']} | {r['peak_rss_mib']} |")
+if copy and backfills:
+    goal("backfill ≥ 0.7× raw COPY", backfills[0]["ratio_to_copy"] >= 0.7)
+    goal("≤ 25 µs CPU per event (whole process)", all(r["cpu_us_per_row"] <= 25 for r in backfills))
+    goal("peak RSS ≤ 64 MiB", all(r["peak_rss_mib"] <= 64 for r in backfills))
+if len(backfills) >= 2:
+    a, b = backfills[0], backfills[1]
+    goal("1 M events within 10 % of 200 k (RSS)", b["peak_rss_mib"] <= a["peak_rss_mib"] * 1.1)
+    goal("1 M events within 10 % of 200 k (events/s)", b["rows_per_s"] >= a["rows_per_s"] * 0.9)
+
+if find("keys "):
+    print("\n### Key jobs\n")
+    print("| run | rows | wall s | rows/s | CPU µs/row | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+for r in find("keys "):
+    print(f"| {r['name']} | {r['rows']:,} | {r['wall_s']} | {fmt(r['rows_per_s'])} | {r['cpu_us_per_row']} | {r['peak_rss_mib']} |")
+
+ideal, drain = one("ideal consumer"), one("etl run --drain")
+if ideal or drain:
+    print("\n### SQS on the emulator (bounded by the emulator, DESIGN §6)\n")
+    print("| consumer | messages | wall s | msgs/s | × ideal | CPU µs/msg |")
+    print("|---|---:|---:|---:|---:|---:|")
+if ideal:
+    print(f"| {ideal['name']} | {ideal['messages']:,} | {ideal['seconds']} | {fmt(ideal['msgs_per_s'])} | 1.00 | |")
+if drain:
+    ratio = drain["msgs_per_s"] / ideal["msgs_per_s"] if ideal else None
+    drain["ratio_to_ideal"] = ratio
+    print(f"| {drain['name']} | {drain['messages']:,} | {drain['seconds']} | {fmt(drain['msgs_per_s'])} | {fmt(ratio, 2)} | {drain['cpu_us_per_row']} |")
+    if ideal:
+        goal("SQS drain on the emulator ≥ 0.8× the ideal consumer", ratio >= 0.8)
+
+backfill_rate = backfills[0]["rows_per_s"] if backfills else None
+if find("modelled SQS") or find("seed-style"):
+    print(f"\n### SQS at real-service speed (modelled queue, {latency_ms} ms per receive and per delete)\n")
+    print("| consumer | concurrency | messages | msgs/s | bound | × bound |")
+    print("|---|---:|---:|---:|---:|---:|")
+at16 = None
+for r in find("modelled SQS"):
+    bound = r["concurrency"] * 10 * 1000 / latency_ms
+    if backfill_rate:
+        bound = min(bound, backfill_rate)
+    r["bound"], r["ratio_to_bound"] = bound, r["msgs_per_s"] / bound
+    if r["concurrency"] == 16:
+        at16 = r
+    print(f"| etl run stages | {r['concurrency']} | {r['messages']:,} | {fmt(r['msgs_per_s'])} | {fmt(bound)} | {fmt(r['ratio_to_bound'], 2)} |")
+seed = one("seed-style")
+if seed:
+    print(f"| seed-style (1 receive at a time, INSERT + COMMIT per row) | 1 | {seed['messages']:,} | {fmt(seed['msgs_per_s'])} | | |")
+if at16:
+    goal("modelled SQS at concurrency 16 ≥ 0.8× the bound", at16["ratio_to_bound"] >= 0.8)
+    if seed:
+        goal("modelled SQS at concurrency 16 ≥ 10× the seed-style consumer",
+             at16["msgs_per_s"] >= 10 * seed["msgs_per_s"])
+
+micro = find("micro: ")
+if micro:
+    print("\n### Micro-benchmarks (criterion, median per call)\n")
+    print("| what | µs |")
+    print("|---|---:|")
+    for r in micro:
+        print(f"| {r['name'][7:]} | {r['ns'] / 1000:.2f} |")
+    dp = one("micro: decode+protect")
+    if dp:
+        goal("≤ 5 µs CPU for decode+protect per event", dp["ns"] <= 5000)
+
+print("\n### Goals\n")
+for g in goals:
+    print(f"- [{'x' if g['met'] else ' '}] {g['goal']}")
+json.dump({"machine": f"{platform.machine()} {os.cpu_count()} cpus", "results": rows, "goals": goals},
+          open(json_path, "w"), indent=2)
+print(f"\nwritten to {json_path}")
