@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use piivault::commands::{Context, audit, erase, keys, migrate, quarantine, reveal, run, seed};
+use piivault::commands::{
+    Context, audit, erase, keys, migrate, quarantine, report, reveal, run, seed,
+};
 use piivault::config::Settings;
 use piivault::error::exit;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,15 @@ struct Cli {
     /// SQS queue URL.
     #[arg(long, global = true, env = "SQS_QUEUE_URL")]
     queue_url: Option<String>,
+    /// Log lines on stderr: human-readable, or one JSON object per line for a log pipeline.
+    #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +52,8 @@ enum Command {
     Erase(erase::EraseArgs),
     /// List quarantined messages or replay them under today's rules.
     Quarantine(quarantine::QuarantineArgs),
+    /// Reports for analysts: duplicate groups (tokens and counts only).
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +67,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging();
+    init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,6 +90,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit::run(args, &ctx).await,
             Command::Erase(args) => erase::run(args, &ctx).await,
             Command::Quarantine(args) => quarantine::run(args, &ctx).await,
+            Command::Report(args) => report::run(args, &ctx).await,
         }
     });
     match result {
@@ -92,7 +106,7 @@ fn main() -> ExitCode {
 /// Logs to stderr; `RUST_LOG` filters (default: info for piivault, warnings for libraries).
 /// Whatever `RUST_LOG` says, the AWS SDK and HTTP crates never log below INFO: at debug/trace
 /// they print request and response payloads, i.e. message bodies and key material.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::filter::{EnvFilter, filter_fn};
     use tracing_subscriber::prelude::*;
@@ -110,9 +124,11 @@ fn init_logging() {
         *meta.level() <= tracing::Level::INFO
             || !PAYLOAD_LOGGERS.iter().any(|p| meta.target().starts_with(p))
     });
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Pretty => layer.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    };
     // EnvFilter as the global filter, the payload rule as the output layer's own filter.
     tracing_subscriber::registry()
         .with(env)

@@ -6,7 +6,7 @@
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{Context, print_line};
+use super::{Context, output, print_line};
 use crate::audit::{self, Entry};
 use crate::crypto::{Field, Keyring, OpenFailed, Purpose, Sealed};
 use crate::error::Error;
@@ -186,46 +186,15 @@ fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
             }
         }
         RevealFormat::Csv => {
-            print_line(&HEADER.join(","))?;
-            for r in records {
-                print_line(
-                    &cells(r, "")
-                        .iter()
-                        .map(|c| csv_field(c))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )?;
-            }
+            let rows: Vec<[String; 6]> = records.iter().map(|r| cells(r, "")).collect();
+            output::print_csv(HEADER, &rows)?;
         }
         RevealFormat::Table => {
-            let lines: Vec<[String; 6]> = records.iter().map(|r| cells(r, "NULL")).collect();
-            let header = HEADER.map(String::from);
-            let mut widths = header.clone().map(|h| h.chars().count());
-            for line in &lines {
-                for (w, c) in widths.iter_mut().zip(line) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            for line in std::iter::once(&header).chain(&lines) {
-                let cells: Vec<String> = line
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                print_line(cells.join("  ").trim_end())?;
-            }
+            let rows: Vec<[String; 6]> = records.iter().map(|r| cells(r, "NULL")).collect();
+            output::print_table(HEADER, &rows)?;
         }
     }
     Ok(())
-}
-
-/// RFC 4180 quoting when a field needs it.
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
-    }
 }
 
 /// The OS account running the command, for the audit row (from the system, not `$USER`,

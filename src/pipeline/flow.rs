@@ -118,9 +118,10 @@ pub async fn run_file(
     let counters = Arc::new(Counters::default());
     let (sender, inbox) = mpsc::channel(flow.writers.max(1) * 4);
     let inbox: Inbox = Arc::new(Mutex::new(inbox));
+    let delivery = FILE_DELIVERY.min(flow.max_rows.max(1)); // a delivery is never split
     let mut reader = JoinSet::new();
     reader.spawn_blocking(move || {
-        let mut chunk = Vec::with_capacity(FILE_DELIVERY);
+        let mut chunk = Vec::with_capacity(delivery);
         let send = |messages| {
             sender
                 .blocking_send(Delivery {
@@ -131,7 +132,7 @@ pub async fn run_file(
         };
         input.for_each(|message| {
             chunk.push(message);
-            chunk.len() < FILE_DELIVERY || send(std::mem::take(&mut chunk))
+            chunk.len() < delivery || send(std::mem::take(&mut chunk))
         })?;
         if !chunk.is_empty() {
             send(chunk);

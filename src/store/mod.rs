@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod keys;
 pub mod quarantine;
+pub mod report;
 pub mod rotation;
 pub mod vault;
 pub mod writer;

@@ -13,6 +13,7 @@ mod load;
 mod migrate;
 mod privacy;
 mod redelivery;
+mod report;
 mod reveal;
 mod rotation;
 mod shutdown;

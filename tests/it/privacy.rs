@@ -197,3 +197,49 @@ async fn trace_level_logs_of_an_sqs_drain_hold_no_pii() {
     );
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_debug_logs_are_one_object_per_line_and_hold_no_pii_or_key() {
+    use base64::Engine;
+    let s = Setup::new().await;
+    let sample = crate::support::sample_path();
+    let run = s
+        .etl
+        .clone()
+        .with("RUST_LOG", "debug")
+        .run(&[
+            "--log-format",
+            "json",
+            "run",
+            "--input",
+            sample.to_str().unwrap(),
+            "--batch-size",
+            "10",
+        ])
+        .await;
+    assert_eq!(run.json()["loaded"], 99);
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let committed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "batch committed")
+        .collect();
+    assert!(committed.len() >= 10, "debug lines present: {}", run.stderr);
+    assert!(
+        committed
+            .iter()
+            .all(|l| l["level"] == "DEBUG" && l["received"].is_u64())
+    );
+    let kek = std::fs::read(&s.kek.path).unwrap();
+    let secrets = [
+        hex::encode(&kek),
+        base64::engine::general_purpose::STANDARD.encode(&kek),
+    ];
+    for value in pii_values().iter().chain(&secrets) {
+        assert!(!run.stderr.contains(value.as_str()), "{value} in the log");
+    }
+    s.db.drop_db().await;
+}
