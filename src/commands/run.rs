@@ -40,8 +40,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     shutdown_timeout_secs: u64,
     /// Rows per transaction, at most: receives (or file reads) are coalesced up to this.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    batch_size: u32,
+    /// Default 1000 from the queue (deletes wait for the commit), 2000 with --input.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: Option<u32>,
     /// How long a writer waits for more messages before committing a smaller transaction.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
@@ -68,7 +69,9 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
     let pipeline = Arc::new(pipeline);
     let flow = FlowOptions {
         writers: usize::from(args.writers),
-        max_rows: args.batch_size as usize,
+        max_rows: args
+            .batch_size
+            .unwrap_or(if args.input.is_some() { 2000 } else { 1000 }) as usize,
         linger: Duration::from_millis(args.linger_ms),
     };
     let summary = match (input, queue_url) {
