@@ -133,7 +133,8 @@ async fn modelled(ctx: &Context, args: &Args) -> (u64, f64) {
     };
     let pipeline = pipeline(ctx, flow.writers as u32 + 1).await;
     let started = Instant::now();
-    let summary = pipeline::run_queue(pipeline, queue, options, ctx.stop.clone())
+    let counters = Default::default();
+    let summary = pipeline::run_queue(pipeline, queue, options, ctx.stop.clone(), counters)
         .await
         .unwrap();
     assert_eq!(summary.deleted, args.messages as u64);

@@ -93,6 +93,11 @@ pub enum Error {
     /// Stdout could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// The metrics server cannot listen.
+    #[error(
+        "cannot listen on --metrics-addr {addr}: {detail}.\nPick a free address and port, or leave --metrics-addr out."
+    )]
+    MetricsAddr { addr: String, detail: String },
 }
 
 impl Error {
@@ -100,7 +105,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use exit::*;
         match self {
-            Error::Config(_) | Error::NoKeys(_) => CONFIG,
+            Error::Config(_) | Error::NoKeys(_) | Error::MetricsAddr { .. } => CONFIG,
             Error::Kek(e) => match e {
                 KekError::KmsUnavailable { .. } => UNAVAILABLE,
                 KekError::KmsRefused { .. } => NO_PERMISSION,

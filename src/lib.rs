@@ -30,6 +30,7 @@ pub mod keystore;
 pub mod pipeline;
 pub mod protect;
 pub mod retry;
+pub mod serve;
 pub mod source;
 pub mod store;
 pub mod synth;

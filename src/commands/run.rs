@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
 use super::{Context, print_line};
 use crate::error::Error;
-use crate::pipeline::{self, FlowOptions, Pipeline, QueueOptions};
+use crate::pipeline::{self, Counters, FlowOptions, Pipeline, QueueOptions};
+use crate::serve::{self, Served};
 use crate::source::{file::InputFile, sqs::SqsQueue};
 
 /// `etl run [--drain] [--input FILE] [--concurrency N] [--wait-time-secs S]`.
@@ -46,6 +48,10 @@ pub struct RunArgs {
     /// How long a writer waits for more messages before committing a smaller transaction.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address while running,
+    /// e.g. 0.0.0.0:9090 in a container. Off by default.
+    #[arg(long, env = "PIIVAULT_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Transactions in progress at once (each holds one database connection). Commits wait for
     /// the WAL flush; several in flight share it (group commit), which is what makes a load fast.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -62,8 +68,9 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
         None => Some(ctx.settings.queue_url()?.to_owned()),
         Some(_) => None,
     };
-    let pool = ctx.pool(u32::from(args.writers) + 1).await?;
-    let pipeline = Pipeline::load(pool, ctx.kek().await?)
+    // One connection per writer, one for key reloads, one for readiness checks.
+    let pool = ctx.pool(u32::from(args.writers) + 2).await?;
+    let pipeline = Pipeline::load(pool.clone(), ctx.kek().await?)
         .await?
         .with_max_outage(Duration::from_secs(args.max_outage_secs));
     let pipeline = Arc::new(pipeline);
@@ -74,12 +81,30 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             .unwrap_or(if args.input.is_some() { 2000 } else { 1000 }) as usize,
         linger: Duration::from_millis(args.linger_ms),
     };
-    let summary = match (input, queue_url) {
-        (Some(input), _) => pipeline::run_file(pipeline, input, flow).await?,
-        (None, Some(url)) => {
-            let queue = SqsQueue::new(url)
+    let queue = match queue_url {
+        Some(url) => Some(
+            SqsQueue::new(url)
                 .await
-                .with_visibility(args.visibility_timeout_secs);
+                .with_visibility(args.visibility_timeout_secs),
+        ),
+        None => None,
+    };
+    let counters = Arc::new(Counters::default());
+    let server_stop = CancellationToken::new();
+    let server = match args.metrics_addr {
+        Some(addr) => {
+            let served = Served {
+                counters: counters.clone(),
+                pool,
+                queue: queue.clone(),
+            };
+            Some(serve::start(addr, served, server_stop.clone()).await?)
+        }
+        None => None,
+    };
+    let result = match (input, queue) {
+        (Some(input), _) => pipeline::run_file(pipeline, input, flow, counters).await,
+        (None, Some(queue)) => {
             let options = QueueOptions {
                 concurrency: usize::from(args.concurrency),
                 wait_secs: args.wait_time_secs,
@@ -94,9 +119,14 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 drain = options.drain,
                 "consuming"
             );
-            pipeline::run_queue(pipeline, queue, options, ctx.stop.clone()).await?
+            pipeline::run_queue(pipeline, queue, options, ctx.stop.clone(), counters).await
         }
         (None, None) => unreachable!("either a file or a queue"),
     };
+    server_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    let summary = result?;
     print_line(&serde_json::to_string(&summary).expect("a summary serialises"))
 }

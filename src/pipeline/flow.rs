@@ -68,6 +68,7 @@ pub async fn run_queue<Q: Queue>(
     queue: Q,
     options: QueueOptions,
     stop: CancellationToken,
+    counters: Arc<Counters>,
 ) -> Result<Summary, Error> {
     let started = std::time::Instant::now();
     // A missing queue is a configuration error at start; only an unreachable SQS is waited out.
@@ -76,19 +77,20 @@ pub async fn run_queue<Q: Queue>(
         .when(|e| matches!(e, SourceError::Unavailable { .. }))
         .notify(retry::notify)
         .await?;
-    let counters = Arc::new(Counters::default());
     let (sender, inbox) = mpsc::channel(options.concurrency.max(1) * 2);
     let inbox: Inbox = Arc::new(Mutex::new(inbox));
     let mut receivers = JoinSet::new();
     for _ in 0..options.concurrency.max(1) {
-        let (pipeline, queue, stop, sender) = (
+        let (pipeline, queue, stop, sender, counters) = (
             pipeline.clone(),
             queue.clone(),
             stop.clone(),
             sender.clone(),
+            counters.clone(),
         );
-        receivers
-            .spawn(async move { receive_loop(&pipeline, &queue, options, &stop, sender).await });
+        receivers.spawn(async move {
+            receive_loop(&pipeline, &queue, options, &stop, sender, &counters).await
+        });
     }
     drop(sender); // the writers end once every receiver has
     let writers = spawn_writers(&pipeline, Some(queue), &inbox, options.flow, &counters);
@@ -113,16 +115,18 @@ pub async fn run_file(
     pipeline: Arc<Pipeline>,
     input: InputFile,
     flow: FlowOptions,
+    counters: Arc<Counters>,
 ) -> Result<Summary, Error> {
     let started = std::time::Instant::now();
-    let counters = Arc::new(Counters::default());
     let (sender, inbox) = mpsc::channel(flow.writers.max(1) * 4);
     let inbox: Inbox = Arc::new(Mutex::new(inbox));
     let delivery = FILE_DELIVERY.min(flow.max_rows.max(1)); // a delivery is never split
     let mut reader = JoinSet::new();
+    let reading = counters.clone();
     reader.spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(delivery);
-        let send = |messages| {
+        let send = |messages: Vec<Received>| {
+            reading.received(messages.len());
             sender
                 .blocking_send(Delivery {
                     messages,
@@ -173,6 +177,7 @@ async fn receive_loop<Q: Queue>(
     options: QueueOptions,
     stop: &CancellationToken,
     sender: mpsc::Sender<Delivery>,
+    counters: &Counters,
 ) -> Result<(), Error> {
     loop {
         // Only the receive races the stop signal: messages in hand always go on to the writers.
@@ -196,6 +201,7 @@ async fn receive_loop<Q: Queue>(
             .filter_map(|m| m.receipt_handle.clone())
             .collect();
         let heartbeat = queue.keep_invisible(handles);
+        counters.received(messages.len());
         if sender
             .send(Delivery {
                 messages,
@@ -248,8 +254,10 @@ async fn write_loop<Q: Queue>(
             messages.extend(delivery.messages);
             heartbeats.extend(delivery.heartbeat);
         }
+        let started = std::time::Instant::now();
         let (counts, newest) = pipeline.store(&messages).await?;
-        counters.add(messages.len(), counts, messages.len() - newest.len());
+        let repeats = messages.len() - newest.len();
+        counters.committed(&messages, counts, repeats, started.elapsed());
         tracing::debug!(
             received = messages.len(),
             loaded = counts.loaded,
@@ -257,7 +265,10 @@ async fn write_loop<Q: Queue>(
             duplicates = counts.duplicates,
             "batch committed"
         );
-        let Some(queue) = &queue else { continue };
+        let Some(queue) = &queue else {
+            counters.done(messages.len());
+            continue;
+        };
         // Committed: delete now, ten per call, while the next chunk is written. The heartbeats
         // live until the last delete of their chunk is issued.
         let heartbeats = Arc::new(heartbeats);
@@ -268,15 +279,17 @@ async fn write_loop<Q: Queue>(
                 Some((m.message_id.clone(), m.receipt_handle.clone()?))
             })
             .collect();
+        counters.done(messages.len() - receipts.len()); // older deliveries of a repeated message
         for group in receipts.chunks(10) {
             while deletes.len() >= DELETES_IN_FLIGHT {
-                reap(deletes.join_next().await, counters)?;
+                reap(deletes.join_next().await)?;
             }
-            let (queue, pipeline, group, heartbeats) = (
+            let (queue, pipeline, group, heartbeats, counters) = (
                 queue.clone(),
                 pipeline.clone(),
                 group.to_vec(),
                 heartbeats.clone(),
+                counters.clone(),
             );
             deletes.spawn(async move {
                 let pairs: Vec<(&str, &str)> = group
@@ -289,29 +302,24 @@ async fn write_loop<Q: Queue>(
                     .notify(retry::notify)
                     .await;
                 drop(heartbeats);
-                Ok(deleted?)
+                counters.done(group.len());
+                counters.deleted(deleted?); // counted now, not when the writer next looks
+                Ok(())
             });
         }
         while let Some(done) = deletes.try_join_next() {
-            reap(Some(done), counters)?;
+            reap(Some(done))?;
         }
     }
     while let Some(done) = deletes.join_next().await {
-        reap(Some(done), counters)?;
+        reap(Some(done))?;
     }
     Ok(())
 }
 
-fn reap(
-    done: Option<Result<Result<usize, Error>, tokio::task::JoinError>>,
-    counters: &Counters,
-) -> Result<(), Error> {
+fn reap(done: Option<Result<Result<(), Error>, tokio::task::JoinError>>) -> Result<(), Error> {
     match done {
-        None => Ok(()),
-        Some(Ok(Ok(deleted))) => {
-            counters.deleted(deleted);
-            Ok(())
-        }
+        None | Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(e))) => Err(e),
         Some(Err(panic)) => std::panic::resume_unwind(panic.into_panic()),
     }

@@ -10,6 +10,7 @@ pub mod flow;
 pub mod summary;
 
 pub use flow::{FlowOptions, QueueOptions, run_file, run_queue};
+pub use summary::Counters;
 pub use summary::Summary;
 
 use std::collections::HashMap;

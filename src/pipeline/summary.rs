@@ -1,10 +1,18 @@
 //! Counts of what a run did, and the one-line summary printed at its end.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::source::Received;
 use crate::store::writer::BatchCounts;
 
 /// The one-line JSON summary `etl run` prints on stdout.
@@ -29,45 +37,163 @@ fn two_decimals<S: serde::Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Err
     s.serialize_f64((value * 100.0).round() / 100.0)
 }
 
-/// Shared by every stage while a run is in progress.
-#[derive(Default)]
+/// What a run has done so far, as Prometheus metrics: shared by every stage, read by the summary
+/// and served on `/metrics`. Labels never carry a user id or a value.
 pub struct Counters {
-    received: AtomicU64,
-    loaded: AtomicU64,
-    quarantined: AtomicU64,
-    duplicates: AtomicU64,
-    deleted: AtomicU64,
+    registry: Registry,
+    received: Counter,
+    loaded: Counter,
+    quarantined: Counter,
+    duplicates: Counter,
+    deleted: Counter,
+    in_flight: Gauge,
+    batch_seconds: Histogram,
+    end_to_end_seconds: Histogram,
+    key_versions: Family<KeyLabels, Gauge>,
 }
 
-impl Counters {
-    /// Adds one committed chunk: messages received, what the write did, in-chunk repeats.
-    pub fn add(&self, received: usize, counts: BatchCounts, in_batch_duplicates: usize) {
-        self.received.fetch_add(received as u64, Ordering::Relaxed);
-        self.loaded.fetch_add(counts.loaded, Ordering::Relaxed);
-        self.quarantined
-            .fetch_add(counts.quarantined, Ordering::Relaxed);
-        self.duplicates.fetch_add(
-            counts.duplicates + in_batch_duplicates as u64,
-            Ordering::Relaxed,
-        );
-    }
+/// Labels of the key-version info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    purpose: String,
+    version: u32,
+    state: String,
+}
 
-    /// The summary so far.
-    pub fn summary(&self, started: Instant) -> Summary {
-        Summary {
-            received: self.received.load(Ordering::Relaxed),
-            loaded: self.loaded.load(Ordering::Relaxed),
-            quarantined: self.quarantined.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            deleted: self.deleted.load(Ordering::Relaxed),
-            seconds: started.elapsed().as_secs_f64(),
+impl Default for Counters {
+    fn default() -> Counters {
+        let mut registry = Registry::with_prefix("piivault");
+        let [received, loaded, quarantined, duplicates, deleted] =
+            std::array::from_fn(|_| Counter::default());
+        for (name, help, counter) in [
+            (
+                "received",
+                "Messages received, redeliveries included",
+                &received,
+            ),
+            ("loaded", "New user_logins rows", &loaded),
+            ("quarantined", "New quarantine rows", &quarantined),
+            (
+                "duplicates",
+                "Redelivered messages already stored",
+                &duplicates,
+            ),
+            (
+                "deleted",
+                "Messages deleted from the queue after commit",
+                &deleted,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_messages",
+            "Messages received and not yet deleted",
+            in_flight.clone(),
+        );
+        // 5 ms … ~80 s: a commit waits for the WAL flush; a stuck batch waits out an outage.
+        let batch_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        registry.register(
+            "batch_seconds",
+            "Time to protect and commit one transaction",
+            batch_seconds.clone(),
+        );
+        let end_to_end_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        registry.register(
+            "end_to_end_seconds",
+            "From the message's SentTimestamp to its commit",
+            end_to_end_seconds.clone(),
+        );
+        let key_versions = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "key_version",
+            "Data key versions and their state (1 per version)",
+            key_versions.clone(),
+        );
+        Counters {
+            registry,
+            received,
+            loaded,
+            quarantined,
+            duplicates,
+            deleted,
+            in_flight,
+            batch_seconds,
+            end_to_end_seconds,
+            key_versions,
         }
     }
 }
 
 impl Counters {
+    /// Messages handed to the writers.
+    pub fn received(&self, n: usize) {
+        self.in_flight.inc_by(n as i64);
+    }
+
+    /// Adds one committed chunk: messages, what the write did, in-chunk repeats, how long the
+    /// write took and when each message was sent.
+    pub fn committed(
+        &self,
+        messages: &[Received],
+        counts: BatchCounts,
+        in_batch_duplicates: usize,
+        took: Duration,
+    ) {
+        self.received.inc_by(messages.len() as u64);
+        self.loaded.inc_by(counts.loaded);
+        self.quarantined.inc_by(counts.quarantined);
+        self.duplicates
+            .inc_by(counts.duplicates + in_batch_duplicates as u64);
+        self.batch_seconds.observe(took.as_secs_f64());
+        let now = Utc::now();
+        for m in messages {
+            let age = (now - m.sent_at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.end_to_end_seconds.observe(age);
+        }
+    }
+
+    /// Messages whose handling ended: deleted, or (files, older deliveries) nothing to delete.
+    pub fn done(&self, n: usize) {
+        self.in_flight.dec_by(n as i64);
+    }
+
     /// Adds messages the queue confirmed deleted.
     pub fn deleted(&self, n: usize) {
-        self.deleted.fetch_add(n as u64, Ordering::Relaxed);
+        self.deleted.inc_by(n as u64);
+    }
+
+    /// Replaces the key-version info with `(purpose, version, state)` rows.
+    pub fn set_key_versions(&self, keys: &[(String, u32, String)]) {
+        self.key_versions.clear();
+        for (purpose, version, state) in keys {
+            self.key_versions
+                .get_or_create(&KeyLabels {
+                    purpose: purpose.clone(),
+                    version: *version,
+                    state: state.clone(),
+                })
+                .set(1);
+        }
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The summary so far.
+    pub fn summary(&self, started: Instant) -> Summary {
+        Summary {
+            received: self.received.get(),
+            loaded: self.loaded.get(),
+            quarantined: self.quarantined.get(),
+            duplicates: self.duplicates.get(),
+            deleted: self.deleted.get(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
     }
 }

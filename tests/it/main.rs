@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod kms;
 mod load;
+mod metrics;
 mod migrate;
 mod privacy;
 mod redelivery;

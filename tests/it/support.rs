@@ -611,7 +611,7 @@ impl Drop for TempCluster {
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

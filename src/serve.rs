@@ -1,0 +1,112 @@
+//! The operator's HTTP endpoints while `etl run` works: `/metrics` (Prometheus text), `/healthz`
+//! (the process answers) and `/readyz` (Postgres and SQS reachable). Read-only; nothing served
+//! names a user or carries a value — metrics are counts, readiness details are error classes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::pipeline::Counters;
+use crate::source::sqs::SqsQueue;
+use crate::source::{Queue, SourceError};
+use crate::store;
+
+/// How long a readiness check may take before it counts as a failure.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the endpoints read.
+pub struct Served {
+    /// The run's metrics.
+    pub counters: Arc<Counters>,
+    /// The run's pool (readiness, key versions).
+    pub pool: PgPool,
+    /// The queue, when consuming one (readiness).
+    pub queue: Option<SqsQueue>,
+}
+
+/// Binds `addr` now (so a taken port fails the command at once), then serves until `stop`.
+pub async fn start(
+    addr: SocketAddr,
+    served: Served,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::MetricsAddr {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(served));
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    }))
+}
+
+async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    // Key states are read at scrape time: a rotation by another process shows up here.
+    if let Ok(Ok(keys)) = tokio::time::timeout(CHECK_TIMEOUT, store::keys::list(&served.pool)).await
+    {
+        let keys: Vec<(String, u32, String)> = keys
+            .into_iter()
+            .map(|k| (k.purpose, k.version as u32, k.state))
+            .collect();
+        served.counters.set_key_versions(&keys);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        served.counters.encode(),
+    )
+}
+
+async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    let postgres =
+        match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&served.pool))
+            .await
+        {
+            Ok(Ok(_)) => "ok".to_owned(),
+            Ok(Err(_)) => "unreachable".to_owned(),
+            Err(_) => "no answer within 2 s".to_owned(),
+        };
+    let sqs = match &served.queue {
+        None => "not used".to_owned(),
+        Some(queue) => match tokio::time::timeout(CHECK_TIMEOUT, queue.check()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(SourceError::NoQueue { .. })) => "the queue does not exist".to_owned(),
+            Ok(Err(SourceError::Refused { .. })) => "refused (permissions)".to_owned(),
+            Ok(Err(_)) => "unreachable".to_owned(),
+            Err(_) => "no answer within 2 s".to_owned(),
+        },
+    };
+    let ready = postgres == "ok" && (sqs == "ok" || sqs == "not used");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": ready, "postgres": postgres, "sqs": sqs});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}

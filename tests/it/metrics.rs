@@ -1,0 +1,113 @@
+//! `etl run --metrics-addr`: Prometheus metrics, liveness and readiness, from a real run.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::support::{
+    Etl, TempEmulator, TestDb, TestKek, create_queue, free_port, sample_bodies, send,
+};
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_readiness_follow_a_real_run() {
+    let mut emulator = TempEmulator::start();
+    let (db, kek) = (TestDb::new().await, TestKek::new());
+    let queue_url = create_queue(&emulator.sqs().await, "pv-metrics", 5).await;
+    let etl =
+        Etl::new(&db.url, &queue_url, &kek.uri()).with("AWS_ENDPOINT_URL", &emulator.endpoint());
+    etl.run(&["migrate"]).await.ok();
+    etl.run(&["keys", "init"]).await.ok();
+    let bodies: Vec<String> = sample_bodies().into_iter().take(30).collect();
+    send(&queue_url, &bodies).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = etl.spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            metrics = get(port, "/metrics").1;
+            if metrics.contains("piivault_deleted_total 30") {
+                break;
+            }
+        }
+    }
+    for line in [
+        "piivault_received_total 30",
+        "piivault_loaded_total 29",
+        "piivault_quarantined_total 1",
+        "piivault_duplicates_total 0",
+        "piivault_deleted_total 30",
+        "piivault_in_flight_messages 0",
+        "piivault_end_to_end_seconds_count 30",
+        r#"piivault_key_version{purpose="seal",version="1",state="active"} 1"#,
+        r#"piivault_key_version{purpose="token",version="1",state="active"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("piivault_batch_seconds_bucket"),
+        "{metrics}"
+    );
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        for field in ["user_id", "ip", "device_id"] {
+            if let Some(value) = v.get(field).and_then(|x| x.as_str()) {
+                assert!(!metrics.contains(value), "{field} {value} in the metrics");
+            }
+        }
+    }
+    assert_eq!(get(port, "/healthz"), (200, "ok\n".to_owned()));
+    let (status, ready) = get(port, "/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        (ready["postgres"].as_str(), ready["sqs"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+
+    // SQS gone: alive but not ready, and it says which dependency failed.
+    emulator.stop();
+    let (status, ready) = get(port, "/readyz");
+    assert_eq!(status, 503, "{ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["postgres"], "ok");
+    assert_eq!(ready["sqs"], "unreachable");
+    assert_eq!(get(port, "/healthz").0, 200);
+
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["loaded"], 29);
+
+    // A taken address is a configuration error, before anything is consumed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let refused = etl
+        .run(&["run", "--drain", "--metrics-addr", &taken_addr])
+        .await;
+    assert_eq!(refused.code, 78, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("cannot listen on --metrics-addr"),
+        "{}",
+        refused.stderr
+    );
+    db.drop_db().await;
+}
