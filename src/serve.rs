@@ -85,7 +85,7 @@ async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
         {
             Ok(Ok(_)) => "ok".to_owned(),
             Ok(Err(_)) => "unreachable".to_owned(),
-            Err(_) => "no answer within 2 s".to_owned(),
+            Err(_) => "unreachable: no answer within 2 s".to_owned(),
         };
     let sqs = match &served.queue {
         None => "not used".to_owned(),
@@ -94,7 +94,7 @@ async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
             Ok(Err(SourceError::NoQueue { .. })) => "the queue does not exist".to_owned(),
             Ok(Err(SourceError::Refused { .. })) => "refused (permissions)".to_owned(),
             Ok(Err(_)) => "unreachable".to_owned(),
-            Err(_) => "no answer within 2 s".to_owned(),
+            Err(_) => "unreachable: no answer within 2 s".to_owned(),
         },
     };
     let ready = postgres == "ok" && (sqs == "ok" || sqs == "not used");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use super::progress::Progress;
 use super::{Context, print_line};
 use crate::error::Error;
 use crate::pipeline::{self, Counters, FlowOptions, Pipeline, QueueOptions};
@@ -103,7 +104,15 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
         None => None,
     };
     let result = match (input, queue) {
-        (Some(input), _) => pipeline::run_file(pipeline, input, flow, counters).await,
+        (Some(input), _) => {
+            let read_all = CancellationToken::new();
+            let progress = Progress::bytes("loading", input.size())
+                .follow(input.bytes_read(), read_all.clone());
+            let loaded = pipeline::run_file(pipeline, input, flow, counters).await;
+            read_all.cancel();
+            let _ = progress.await;
+            loaded
+        }
         (None, Some(queue)) => {
             let options = QueueOptions {
                 concurrency: usize::from(args.concurrency),

@@ -3,11 +3,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use clap::Args;
 use serde_json::json;
 
+use tokio_util::sync::CancellationToken;
+
+use super::progress::Progress;
 use super::{Context, print_line};
 use crate::error::Error;
 use crate::source::sqs::{MAX_BATCH, SqsQueue};
@@ -62,20 +66,37 @@ pub async fn run(args: SeedArgs, ctx: &Context) -> Result<(), Error> {
             .map(<[String]>::to_vec)
             .collect(),
     );
+    let so_far = Arc::new(AtomicU64::new(0));
+    let all_sent = CancellationToken::new();
+    let progress = Progress::new("seeding", synth.bodies.len() as u64)
+        .follow(so_far.clone(), all_sent.clone());
     let mut senders = tokio::task::JoinSet::new();
     for sender in 0..SENDERS {
-        let (queue, chunks) = (queue.clone(), chunks.clone());
+        let (queue, chunks, so_far) = (queue.clone(), chunks.clone(), so_far.clone());
         senders.spawn(async move {
             let mut sent = 0;
             for chunk in chunks.iter().skip(sender).step_by(SENDERS) {
-                sent += queue.send_batch(chunk).await?;
+                let n = queue.send_batch(chunk).await?;
+                so_far.fetch_add(n as u64, Ordering::Relaxed);
+                sent += n;
             }
             Ok::<usize, Error>(sent)
         });
     }
     let mut sent = 0;
+    let mut failed = None;
     while let Some(joined) = senders.join_next().await {
-        sent += joined.expect("sender task panicked")?;
+        match joined.expect("sender task panicked") {
+            Ok(n) => sent += n,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    all_sent.cancel();
+    let _ = progress.await;
+    if let Some(e) = failed {
+        return Err(e);
     }
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     print_line(&json!({"sent": sent, "malformed": synth.malformed, "seconds": seconds}).to_string())

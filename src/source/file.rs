@@ -13,6 +13,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::de::{Deserializer as _, IgnoredAny, SeqAccess, Visitor};
@@ -40,6 +42,8 @@ pub struct InputFile {
     layout: Layout,
     file_id: String,
     loaded_at: DateTime<Utc>,
+    size: u64,
+    read: Arc<AtomicU64>,
 }
 
 impl InputFile {
@@ -51,15 +55,31 @@ impl InputFile {
         Ok(InputFile {
             path: path.to_owned(),
             layout,
+            size: reader.len,
             file_id: hex::encode(&reader.hasher.finalize()[..16]),
             loaded_at: Utc::now(),
+            read: Arc::default(),
         })
+    }
+
+    /// Size of the (decompressed) content in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes [`InputFile::for_each`] has read so far, for a progress display.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.read.clone()
     }
 
     /// Streams every body in file order to `sink`, which returns `false` to stop early.
     /// Returns how many bodies were passed on.
     pub fn for_each(&self, mut sink: impl FnMut(Received) -> bool) -> Result<u64, SourceError> {
-        let mut reader = BufReader::with_capacity(1 << 16, open_decompressed(&self.path)?);
+        let counted = CountingReader {
+            inner: open_decompressed(&self.path)?,
+            read: self.read.clone(),
+        };
+        let mut reader = BufReader::with_capacity(1 << 16, counted);
         skip_bom(&mut reader).map_err(read_error(&self.path))?;
         let mut position = 0u64;
         let mut emit = |body: String| {
@@ -218,10 +238,11 @@ fn read_error(path: &Path) -> impl Fn(io::Error) -> SourceError + '_ {
     }
 }
 
-/// Hashes every byte read through it.
+/// Hashes and counts every byte read through it.
 struct HashingReader {
     inner: Box<dyn Read + Send>,
     hasher: Sha256,
+    len: u64,
 }
 
 impl HashingReader {
@@ -229,6 +250,7 @@ impl HashingReader {
         HashingReader {
             inner,
             hasher: Sha256::new(),
+            len: 0,
         }
     }
 }
@@ -237,6 +259,21 @@ impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Publishes how many bytes have been read through it.
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -334,6 +371,13 @@ mod tests {
         };
         assert_eq!(pairs(&gz), pairs(&plain));
         assert_eq!(pairs(&gz).len(), 2);
+        let input = InputFile::open(&gz).unwrap();
+        assert_eq!(input.size(), text.len() as u64, "the decompressed size");
+        input.for_each(|_| true).unwrap();
+        assert_eq!(
+            input.bytes_read().load(Ordering::Relaxed),
+            text.len() as u64
+        );
     }
 
     #[test]

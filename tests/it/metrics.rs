@@ -90,7 +90,8 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["postgres"], "ok");
-    assert_eq!(ready["sqs"], "unreachable");
+    let sqs = ready["sqs"].as_str().unwrap();
+    assert!(sqs.starts_with("unreachable"), "{sqs}"); // refused at once, or no answer in 2 s
     assert_eq!(get(port, "/healthz").0, 200);
 
     let out = crate::support::sigterm(consumer).await;

@@ -4,7 +4,6 @@
 //! `verify` → `retire` the old versions. `rewrap` moves every key under another KEK.
 
 mod init;
-mod progress;
 mod reencrypt;
 mod retire;
 mod retokenize;

@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::job_lock;
-use super::progress::Progress;
 use super::write_behind::WriteBehind;
+use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Field, Keyring, Purpose, SealKey, Sealed};
 use crate::error::Error;

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::progress::Progress;
 use super::write_behind::WriteBehind;
+use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Keyring, Sealed, Token, TokenKey};
 use crate::error::Error;

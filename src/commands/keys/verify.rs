@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::progress::Progress;
+use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Field, KeyVersion, Sealed};
 use crate::error::Error;
