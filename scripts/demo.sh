@@ -36,9 +36,8 @@ $etl run --drain --wait-time-secs 2
 step "user_logins: what analysts see (tokens, never originals)"
 sql -c "SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version, app_version_text, create_date
         FROM user_logins ORDER BY received_at, message_id LIMIT 5"
-step "duplicate devices: one device token shared by several users"
-sql -c "SELECT masked_device_id, count(DISTINCT user_id) AS users, count(*) AS logins
-        FROM user_logins GROUP BY 1 HAVING count(DISTINCT user_id) > 1 ORDER BY users DESC, 1 LIMIT 5"
+step "etl report duplicates --by device --limit 5 (one device token shared by several users)"
+$etl report duplicates --by device --limit 5
 step "quarantine: rejected messages, body sealed, reason in clear"
 sql -c "SELECT reason, count(*) FROM etl.quarantine GROUP BY 1 ORDER BY 2 DESC"
 
