@@ -59,15 +59,22 @@ pub struct RunArgs {
     writers: u16,
 }
 
+/// Where a run reads from.
+enum Source {
+    File(InputFile),
+    Queue(SqsQueue),
+}
+
 /// Runs until the queue is drained (`--drain`), the file is loaded, or SIGINT/SIGTERM.
 pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
-    let input = match &args.input {
-        Some(path) => Some(InputFile::open(path)?),
-        None => None,
-    };
-    let queue_url = match input {
-        None => Some(ctx.settings.queue_url()?.to_owned()),
-        Some(_) => None,
+    // The source first: a missing file or queue setting fails before any connection is made.
+    let source = match &args.input {
+        Some(path) => Source::File(InputFile::open(path)?),
+        None => Source::Queue(
+            SqsQueue::new(ctx.settings.queue_url()?.to_owned())
+                .await
+                .with_visibility(args.visibility_timeout_secs),
+        ),
     };
     // One connection per writer, one for key reloads, one for readiness checks.
     let pool = ctx.pool(u32::from(args.writers) + 2).await?;
@@ -77,18 +84,11 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
     let pipeline = Arc::new(pipeline);
     let flow = FlowOptions {
         writers: usize::from(args.writers),
-        max_rows: args
-            .batch_size
-            .unwrap_or(if args.input.is_some() { 2000 } else { 1000 }) as usize,
+        max_rows: args.batch_size.unwrap_or(match source {
+            Source::File(_) => 2000,
+            Source::Queue(_) => 1000,
+        }) as usize,
         linger: Duration::from_millis(args.linger_ms),
-    };
-    let queue = match queue_url {
-        Some(url) => Some(
-            SqsQueue::new(url)
-                .await
-                .with_visibility(args.visibility_timeout_secs),
-        ),
-        None => None,
     };
     let counters = Arc::new(Counters::default());
     let server_stop = CancellationToken::new();
@@ -97,14 +97,17 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             let served = Served {
                 counters: counters.clone(),
                 pool,
-                queue: queue.clone(),
+                queue: match &source {
+                    Source::Queue(queue) => Some(queue.clone()),
+                    Source::File(_) => None,
+                },
             };
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,
     };
-    let result = match (input, queue) {
-        (Some(input), _) => {
+    let result = match source {
+        Source::File(input) => {
             let read_all = CancellationToken::new();
             let progress = Progress::bytes("loading", input.size())
                 .follow(input.bytes_read(), read_all.clone());
@@ -113,7 +116,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             let _ = progress.await;
             loaded
         }
-        (None, Some(queue)) => {
+        Source::Queue(queue) => {
             let options = QueueOptions {
                 concurrency: usize::from(args.concurrency),
                 wait_secs: args.wait_time_secs,
@@ -130,7 +133,6 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             );
             pipeline::run_queue(pipeline, queue, options, ctx.stop.clone(), counters).await
         }
-        (None, None) => unreachable!("either a file or a queue"),
     };
     server_stop.cancel();
     if let Some(server) = server {

@@ -284,9 +284,9 @@ async fn write_loop<Q: Queue>(
             while deletes.len() >= DELETES_IN_FLIGHT {
                 reap(deletes.join_next().await)?;
             }
-            let (queue, pipeline, group, heartbeats, counters) = (
+            let (queue, policy, group, heartbeats, counters) = (
                 queue.clone(),
-                pipeline.clone(),
+                pipeline.retry_policy(),
                 group.to_vec(),
                 heartbeats.clone(),
                 counters.clone(),
@@ -297,7 +297,7 @@ async fn write_loop<Q: Queue>(
                     .map(|(id, h)| (id.as_str(), h.as_str()))
                     .collect();
                 let deleted = (|| queue.delete_batch(&pairs))
-                    .retry(pipeline.retry_policy())
+                    .retry(policy)
                     .when(SourceError::may_pass_while_running)
                     .notify(retry::notify)
                     .await;

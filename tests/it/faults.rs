@@ -400,13 +400,8 @@ async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed()
     let loaded = |want: i64| {
         let db = &db;
         async move {
-            for _ in 0..1200 {
-                if db.count("SELECT count(*) FROM user_logins").await == want {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
+            let sql = "SELECT count(*) FROM user_logins";
+            db.wait_for(sql, want, Duration::from_secs(120)).await == want
         }
     };
     assert!(loaded(300).await, "the first 300 loaded before the restart");

@@ -134,6 +134,18 @@ impl TestDb {
         tx
     }
 
+    /// Waits until `count_sql` counts `want` or `timeout` passes; returns the last count.
+    pub async fn wait_for(&self, count_sql: &str, want: i64, timeout: std::time::Duration) -> i64 {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let rows = self.count(count_sql).await;
+            if rows >= want || std::time::Instant::now() > until {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
@@ -464,14 +476,7 @@ impl Setup {
     /// `etl run --drain` with a short long poll, so the test ends soon after the queue empties.
     /// Waits until `count_sql` counts `want` or `timeout` passes; returns the last count.
     pub async fn wait_for(&self, count_sql: &str, want: i64, timeout: std::time::Duration) -> i64 {
-        let until = std::time::Instant::now() + timeout;
-        loop {
-            let rows = self.db.count(count_sql).await;
-            if rows >= want || std::time::Instant::now() > until {
-                return rows;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        self.db.wait_for(count_sql, want, timeout).await
     }
 
     pub async fn drain(&self) -> serde_json::Value {
