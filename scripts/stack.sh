@@ -4,6 +4,7 @@
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh down     stops the emulator this script started (Postgres is left running)
 #   scripts/stack.sh queue N  creates queue N on the emulator (idempotent) and prints its URL
+#   scripts/stack.sh browser  installs Debian's chromium (headless test of the status page)
 # Development only. See DESIGN.md section 6 for why moto (not LocalStack) and its two patches.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -105,6 +106,13 @@ dev_kek() {
   chmod 600 "$PIIVAULT_DEV_KEK"
 }
 
+# Headless Chromium for the status-page test; Debian's package, installed once.
+browser_up() {
+  command -v "${PIIVAULT_CHROMIUM:-chromium}" >/dev/null && return 0
+  echo "stack: installing Debian's chromium for the status-page test (apt-get install chromium)" >&2
+  apt_install chromium
+}
+
 case "${1:-up}" in
   up)
     postgres_up
@@ -127,8 +135,11 @@ sqs = boto3.client("sqs", region_name=os.environ["AWS_REGION"])
 print(sqs.create_queue(QueueName=sys.argv[1])["QueueUrl"])
 PY
     ;;
+  browser)
+    browser_up
+    ;;
   down)
     if [ -f "$STATE/moto.pid" ]; then kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; fi
     ;;
-  *) die "usage: scripts/stack.sh up|status|down|queue NAME" ;;
+  *) die "usage: scripts/stack.sh up|status|down|browser|queue NAME" ;;
 esac

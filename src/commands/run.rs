@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// How long a writer waits for more messages before committing a smaller transaction.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     linger_ms: u64,
-    /// Serve /metrics (Prometheus), /healthz and /readyz on this address while running,
+    /// Serve a status page (/), /metrics (Prometheus), /healthz and /readyz on this address while running,
     /// e.g. 0.0.0.0:9090 in a container. Off by default.
     #[arg(long, env = "PIIVAULT_METRICS_ADDR", value_name = "HOST:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -94,14 +94,11 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
     let server_stop = CancellationToken::new();
     let server = match args.metrics_addr {
         Some(addr) => {
-            let served = Served {
-                counters: counters.clone(),
-                pool,
-                queue: match &source {
-                    Source::Queue(queue) => Some(queue.clone()),
-                    Source::File(_) => None,
-                },
+            let queue = match &source {
+                Source::Queue(queue) => Some(queue.clone()),
+                Source::File(_) => None,
             };
+            let served = Served::new(counters.clone(), pool, queue);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,

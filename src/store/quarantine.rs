@@ -90,3 +90,11 @@ pub async fn set_reason(pool: &PgPool, message_id: &str, reason: &str) -> Result
         .map_err(StoreError::during("updating a quarantine reason"))?;
     Ok(())
 }
+
+/// How many messages are quarantined (reads `message_id` only, which the etl role may).
+pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(message_id) FROM etl.quarantine")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::during("counting etl.quarantine"))
+}

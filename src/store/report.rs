@@ -49,3 +49,15 @@ pub async fn duplicate_groups(
     .await
     .map_err(StoreError::during("reading duplicate groups"))
 }
+
+/// Rows in `user_logins` as the statistics collector last counted them: instant on any size,
+/// where an exact `count(*)` would scan the table on every page view.
+pub async fn user_logins_estimate(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(n_live_tup), 0) FROM pg_stat_user_tables
+         WHERE relid = 'public.user_logins'::regclass",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::during("reading the size of user_logins"))
+}

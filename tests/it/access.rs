@@ -3,32 +3,10 @@
 
 use sqlx::PgPool;
 
-use crate::support::{Run, Setup, sample_path, unique};
+use crate::support::{Run, Setup, sample_path};
 
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const USER_IP: &str = "199.172.111.135";
-
-/// A login user holding only `group`; returns its URL for the test database.
-async fn login(s: &Setup, group: &str) -> (String, String) {
-    let name = unique("pv_login");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
-    )))
-    .execute(&s.db.pool)
-    .await
-    .unwrap();
-    let (_, rest) = s.db.url.split_once('@').unwrap();
-    (name.clone(), format!("postgres://{name}:pw@{rest}"))
-}
-
-async fn drop_logins(pool: &PgPool, names: &[String]) {
-    for name in names {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-}
 
 /// The SQLSTATE of a statement run as `url`, or "ok".
 async fn attempt(url: &str, sql: &str) -> String {
@@ -49,9 +27,9 @@ const DENIED: &str = "42501";
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_them() {
     let s = Setup::new().await;
-    let (etl_name, etl_url) = login(&s, "piivault_etl").await;
-    let (analyst_name, analyst_url) = login(&s, "piivault_analyst").await;
-    let (auditor_name, auditor_url) = login(&s, "piivault_auditor").await;
+    let (etl_name, etl_url) = s.login("piivault_etl").await;
+    let (analyst_name, analyst_url) = s.login("piivault_analyst").await;
+    let (auditor_name, auditor_url) = s.login("piivault_auditor").await;
 
     // The real ETL as a login holding only piivault_etl.
     let etl = s.etl.clone().with("DATABASE_URL", &etl_url);
@@ -92,6 +70,16 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         attempt(&etl_url, "SELECT ip_sealed FROM vault.login_pii").await,
         DENIED
     );
+    // The status page's duplicate groups: tokens and user ids, not the other columns.
+    assert_eq!(
+        attempt(
+            &etl_url,
+            "SELECT user_id, masked_ip, masked_device_id FROM user_logins"
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(attempt(&etl_url, "SELECT * FROM user_logins").await, DENIED);
     assert_eq!(
         attempt(&etl_url, "SELECT * FROM vault.reveal_audit").await,
         DENIED
@@ -183,7 +171,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
     );
 
     // Key administration as a login holding only piivault_admin.
-    let (admin_name, admin_url) = login(&s, "piivault_admin").await;
+    let (admin_name, admin_url) = s.login("piivault_admin").await;
     let admin = s.etl.clone().with("DATABASE_URL", &admin_url);
     admin
         .run(&["keys", "rotate", "--purpose", "seal"])
@@ -234,11 +222,8 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         .await;
     assert_eq!(none.stdout, "");
 
-    drop_logins(
-        &s.db.pool,
-        &[etl_name, analyst_name, auditor_name, admin_name],
-    )
-    .await;
+    s.drop_logins(&[etl_name, analyst_name, auditor_name, admin_name])
+        .await;
     s.db.drop_db().await;
 }
 

@@ -18,3 +18,4 @@ mod report;
 mod reveal;
 mod rotation;
 mod shutdown;
+mod status_page;

@@ -1,29 +1,11 @@
 //! `etl run --metrics-addr`: Prometheus metrics, liveness and readiness, from a real run.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::support::{
-    Etl, TempEmulator, TestDb, TestKek, create_queue, free_port, sample_bodies, send,
+    Etl, TempEmulator, TestDb, TestKek, assert_no_input_values, create_queue, free_port,
+    http_get as get, sample_bodies, send,
 };
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-    (status, body.unwrap_or_default())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness_follow_a_real_run() {
@@ -66,14 +48,7 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         metrics.contains("piivault_batch_seconds_bucket"),
         "{metrics}"
     );
-    for body in &bodies {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        for field in ["user_id", "ip", "device_id"] {
-            if let Some(value) = v.get(field).and_then(|x| x.as_str()) {
-                assert!(!metrics.contains(value), "{field} {value} in the metrics");
-            }
-        }
-    }
+    assert_no_input_values(&metrics, &bodies, "the metrics");
     assert_eq!(get(port, "/healthz"), (200, "ok\n".to_owned()));
     let (status, ready) = get(port, "/readyz");
     assert_eq!(status, 200, "{ready}");

@@ -1,10 +1,12 @@
 //! Test harness: starts the local stack once (scripts/stack.sh up, idempotent), then gives each
 //! test its own database, queue and key-encryption key, and runs the real `etl` binary.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use sqlx::PgPool;
@@ -303,6 +305,20 @@ pub fn sample_bodies() -> Vec<String> {
     items.iter().map(|v| v.to_string()).collect()
 }
 
+/// Fails if `text` (served to `what`) contains any message's `user_id`, `ip` or `device_id`.
+pub fn assert_no_input_values(text: &str, bodies: &[String], what: &str) {
+    for body in bodies {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+            continue;
+        };
+        for field in ["user_id", "ip", "device_id"] {
+            if let Some(value) = v.get(field).and_then(|x| x.as_str()) {
+                assert!(!text.contains(value), "{field} {value} in {what}");
+            }
+        }
+    }
+}
+
 pub fn sample_path() -> PathBuf {
     Path::new(ROOT).join("tests/fixtures/sample_logins.json")
 }
@@ -479,6 +495,28 @@ impl Setup {
         self.db.wait_for(count_sql, want, timeout).await
     }
 
+    /// A login user holding only `group`; returns its URL for the test database.
+    pub async fn login(&self, group: &str) -> (String, String) {
+        let name = unique("pv_login");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
+        )))
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        let (_, rest) = self.db.url.split_once('@').unwrap();
+        (name.clone(), format!("postgres://{name}:pw@{rest}"))
+    }
+
+    pub async fn drop_logins(&self, names: &[String]) {
+        for name in names {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
+                .execute(&self.db.pool)
+                .await
+                .unwrap();
+        }
+    }
+
     pub async fn drain(&self) -> serde_json::Value {
         self.etl
             .run(&["run", "--drain", "--wait-time-secs", "2"])
@@ -613,6 +651,24 @@ impl Drop for TempCluster {
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
     }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
 }
 
 /// A free TCP port on 127.0.0.1.

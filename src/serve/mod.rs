@@ -1,15 +1,18 @@
-//! The operator's HTTP endpoints while `etl run` works: `/metrics` (Prometheus text), `/healthz`
-//! (the process answers) and `/readyz` (Postgres and SQS reachable). Read-only; nothing served
-//! names a user or carries a value — metrics are counts, readiness details are error classes.
+//! The operator's HTTP endpoints while `etl run` works: `/` (a status page), `/metrics`
+//! (Prometheus text), `/healthz` (the process answers) and `/readyz` (Postgres and SQS
+//! reachable). Read-only; nothing served names a user or carries a value — metrics are counts,
+//! readiness details are error classes, the status page shows tokens and counts.
+
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +34,23 @@ pub struct Served {
     pub pool: PgPool,
     /// The queue, when consuming one (readiness).
     pub queue: Option<SqsQueue>,
+    /// When the run started (rates since start).
+    pub started: Instant,
+    /// Recent samples of the received counter (the status page's recent rate).
+    pub rates: status::RateWindow,
+}
+
+impl Served {
+    /// What the endpoints read for a run that started now.
+    pub fn new(counters: Arc<Counters>, pool: PgPool, queue: Option<SqsQueue>) -> Served {
+        Served {
+            counters,
+            pool,
+            queue,
+            started: Instant::now(),
+            rates: status::RateWindow::default(),
+        }
+    }
 }
 
 /// Binds `addr` now (so a taken port fails the command at once), then serves until `stop`.
@@ -45,18 +65,36 @@ pub async fn start(
             addr: addr.to_string(),
             detail: e.to_string(),
         })?;
+    let served = Arc::new(served);
+    tokio::spawn(sample_rates(served.clone(), stop.clone()));
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(served));
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        .with_state(served);
+    tracing::info!(%addr, "serving /, /metrics, /healthz, /readyz");
     Ok(tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = server.await {
             tracing::warn!(error = %e, "the metrics server stopped");
         }
     }))
+}
+
+/// Feeds the status page's recent rate until `stop`.
+async fn sample_rates(served: Arc<Served>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(status::RATE_SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => served.rates.sample(served.counters.summary(served.started).received),
+        }
+    }
+}
+
+async fn status_page(State(served): State<Arc<Served>>) -> Html<String> {
+    Html(status::render(&status::gather(&served).await))
 }
 
 async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {

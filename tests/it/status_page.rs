@@ -1,0 +1,183 @@
+//! The status page `/` of `etl run --metrics-addr`, rendered by headless Chromium (Debian's
+//! `chromium`, installed by `scripts/stack.sh browser`) while a real consumer runs as a login
+//! holding only `piivault_etl`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::{Setup, assert_no_input_values, free_port, http_get, sample_bodies, send};
+
+const SHARED_DEVICE: &str = "status-page-shared-device-7f3a";
+const SHARED_IP: &str = "198.51.100.77";
+
+/// Chromium's binary: `PIIVAULT_CHROMIUM` or `chromium` on PATH.
+fn chromium() -> String {
+    let bin = std::env::var("PIIVAULT_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let found = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{bin} not found: run scripts/stack.sh browser (installs Debian's chromium)"
+    );
+    bin
+}
+
+/// Runs headless Chromium on `url` with `args`; returns stdout.
+fn headless(bin: &str, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox", // tests may run as root, where Chromium's sandbox refuses to start
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Where the screenshot goes: kept under target/ for a person to look at after the run.
+fn screenshot_path() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("status-page.png")
+}
+
+/// The text of the element with `id` in `dom` (the first `>` after the id to the next `<`).
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let rest = &dom[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap();
+    &rest[start..start + end]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() {
+    let bin = chromium();
+    let s = Setup::new().await;
+    let (etl_name, etl_url) = s.login("piivault_etl").await;
+
+    // The sample, plus one device shared by three users and one IP shared by two.
+    let mut bodies = sample_bodies();
+    for (i, ip) in [(1, SHARED_IP), (2, SHARED_IP), (3, "203.0.113.9")] {
+        bodies.push(
+            serde_json::json!({
+                "user_id": format!("status-user-{i}"), "app_version": "2.3.0",
+                "device_type": "android", "ip": ip, "locale": "RU",
+                "device_id": SHARED_DEVICE,
+            })
+            .to_string(),
+        );
+    }
+    send(&s.queue, &bodies).await;
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = s.etl.clone().with("DATABASE_URL", &etl_url).spawn(&[
+        "run",
+        "--wait-time-secs",
+        "1",
+        "--metrics-addr",
+        &addr,
+    ]);
+    let want = format!("piivault_deleted_total {}", bodies.len());
+    let mut done = false;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/metrics").1.lines().any(|l| l == want)
+        {
+            done = true;
+            break;
+        }
+    }
+    assert!(
+        done,
+        "the consumer did not delete all {} messages",
+        bodies.len()
+    );
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = headless(&bin, &url, &["--dump-dom"]);
+    assert!(dom.contains("<h1>piivault status</h1>"), "{dom}");
+    assert_eq!(text_of(&dom, "received"), bodies.len().to_string());
+    assert_eq!(text_of(&dom, "loaded"), "102");
+    assert_eq!(text_of(&dom, "quarantined"), "1");
+    assert_eq!(text_of(&dom, "deleted"), bodies.len().to_string());
+    assert_eq!(text_of(&dom, "quarantine"), "1", "the table's own count");
+    assert!(
+        !dom.contains("class=\"unavailable\""),
+        "a part failed: {dom}"
+    );
+    assert!(
+        dom.contains("<td>seal</td><td>1</td><td>active</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>token</td><td>1</td><td>active</td>"),
+        "{dom}"
+    );
+
+    // The duplicate groups show the tokens that user_logins holds, with their counts.
+    let device_token: String = sqlx::query_scalar(
+        "SELECT masked_device_id FROM user_logins WHERE user_id = 'status-user-1'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    let ip_token: String =
+        sqlx::query_scalar("SELECT masked_ip FROM user_logins WHERE user_id = 'status-user-1'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"token\">{device_token}</td><td>3</td><td>3</td>"
+        )),
+        "device group in {dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"token\">{ip_token}</td><td>2</td><td>2</td>"
+        )),
+        "IP group in {dom}"
+    );
+
+    // Tokens and counts only: no user id, IP or device id of any message.
+    assert_no_input_values(&dom, &bodies, "the status page");
+
+    let png = screenshot_path();
+    let _ = std::fs::remove_file(&png);
+    headless(
+        &bin,
+        &url,
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1100,1300",
+        ],
+    );
+    let bytes = std::fs::read(&png).expect("chromium wrote no screenshot");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 20_000, "a near-empty screenshot");
+    println!("status page screenshot: {}", png.display());
+
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    s.drop_logins(&[etl_name]).await;
+    s.db.drop_db().await;
+}
