@@ -232,3 +232,80 @@ async fn a_bad_key_encryption_key_is_refused_before_anything_is_read() {
     );
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_input_output_errors_and_persistent_conflicts_have_their_own_codes() {
+    let s = Setup::new().await;
+
+    // 66: the --input file is missing; nothing is connected to or written.
+    let missing = s
+        .etl
+        .run(&["run", "--input", "/nonexistent/piivault-logins.json"])
+        .await;
+    assert_error(&missing, 66, "/nonexistent/piivault-logins.json");
+
+    // 74: stdout cannot be written (a full device).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = s
+        .etl
+        .command(&["keys", "status"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn() // not output(): tokio's output() replaces stdout with a pipe
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 74, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot write the output"),
+        "{}",
+        run.stderr
+    );
+
+    // 75: every batch transaction fails with a deadlock. Real Postgres raises the real SQLSTATE
+    // (40P01) from a trigger the test adds, so the conflict happens on every attempt; the run
+    // retries, gives up after --max-outage-secs, and the messages stay on the queue.
+    sqlx::raw_sql(
+        "CREATE FUNCTION pv_test_deadlock() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'test deadlock' USING ERRCODE = 'deadlock_detected'; END $$;
+         CREATE TRIGGER pv_test_deadlock BEFORE INSERT ON user_logins
+           FOR EACH STATEMENT EXECUTE FUNCTION pv_test_deadlock();",
+    )
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    let bodies: Vec<String> = crate::support::sample_bodies()
+        .into_iter()
+        .take(5)
+        .collect();
+    send(&s.queue, &bodies).await;
+    let conflicted = s
+        .etl
+        .run(&[
+            "run",
+            "--drain",
+            "--wait-time-secs",
+            "1",
+            "--visibility-timeout-secs",
+            "60",
+            "--max-outage-secs",
+            "1",
+        ])
+        .await;
+    assert_eq!(conflicted.code, 75, "{}", conflicted.stderr);
+    let last = conflicted.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains("conflicted with another one"),
+        "{}",
+        conflicted.stderr
+    );
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 0);
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    assert_eq!(queue_depth(&s.queue).await, 5, "nothing deleted");
+    s.db.drop_db().await;
+}
