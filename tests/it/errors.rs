@@ -173,6 +173,24 @@ async fn missing_or_unreachable_services_give_a_clear_line_and_code() {
     assert_error(&no_keys, 78, "Run `etl keys init` first");
     let again = s.etl.run(&["keys", "init"]).await;
     assert_error(&again, 73, "never overwrites keys");
+    // Set-up jobs run on every deploy: --if-missing succeeds when the keys exist and the KEK opens
+    // them, and still refuses a KEK that does not.
+    let idempotent = s.etl.run(&["keys", "init", "--if-missing"]).await.json();
+    assert_eq!(idempotent["existing"], 2);
+    assert_eq!(idempotent["created"], serde_json::json!([]));
+    let other_kek = TestKek::new();
+    let wrong = s
+        .etl
+        .clone()
+        .with("PIIVAULT_KEK", &other_kek.uri())
+        .run(&["keys", "init", "--if-missing"])
+        .await;
+    assert_eq!(wrong.code, 78, "{}", wrong.stderr);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.data_keys").await,
+        2,
+        "nothing created"
+    );
     not_migrated.drop_db().await;
 
     let usage = s.etl.run(&["run", "--no-such-flag"]).await;

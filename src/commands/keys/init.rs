@@ -5,14 +5,27 @@ use serde_json::json;
 use crate::commands::{Context, print_line};
 use crate::crypto::{KeyVersion, Purpose, new_key_material};
 use crate::error::Error;
+use crate::keystore;
 use crate::store::{self, StoreError};
 
-/// Creates the first keys; refuses when any key exists.
-pub async fn run(ctx: &Context) -> Result<(), Error> {
+/// Creates the first keys; when any key exists, refuses — or, with `if_missing`, says so and
+/// succeeds.
+pub async fn run(ctx: &Context, if_missing: bool) -> Result<(), Error> {
     let kek = ctx.kek().await?;
     let pool = ctx.pool(1).await?;
     let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let existing = rows.len();
+    if existing > 0 && if_missing {
+        // A deploy job must not report success with a KEK that cannot open the stored keys.
+        for row in rows.iter().filter(|r| r.state == "active") {
+            keystore::unwrap_row(&kek, row).await?;
+        }
+        tracing::info!(
+            existing,
+            "keys exist already and PIIVAULT_KEK opens them; nothing created"
+        );
+        return print_line(&json!({"created": [], "existing": existing}).to_string());
+    }
     if existing > 0 {
         return Err(Error::KeysExist(existing as i64));
     }

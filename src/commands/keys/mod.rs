@@ -29,7 +29,12 @@ pub struct KeysArgs {
 #[derive(Debug, Subcommand)]
 enum KeysVerb {
     /// Create version 1 of the seal key and of the token key, wrapped by PIIVAULT_KEK.
-    Init,
+    Init {
+        /// When keys exist already, leave them and succeed (exit 0) instead of refusing (73):
+        /// for set-up jobs that run on every deploy.
+        #[arg(long)]
+        if_missing: bool,
+    },
     /// List keys: purpose, version, state, creation time, wrapping KEK.
     Status {
         /// Output format.
@@ -108,7 +113,7 @@ async fn job_lock(pool: &sqlx::PgPool) -> Result<crate::store::keys::JobLock, Er
 /// Runs one `keys` verb.
 pub async fn run(args: KeysArgs, ctx: &Context) -> Result<(), Error> {
     match args.verb {
-        KeysVerb::Init => init::run(ctx).await,
+        KeysVerb::Init { if_missing } => init::run(ctx, if_missing).await,
         KeysVerb::Status { format } => status::run(ctx, format).await,
         KeysVerb::Rotate { purpose } => rotate::run(ctx, purpose.into()).await,
         KeysVerb::Rewrap { to_kek } => rewrap::run(ctx, &to_kek).await,
