@@ -4,7 +4,8 @@
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh down     stops the emulator this script started (Postgres is left running)
 #   scripts/stack.sh queue N  creates queue N on the emulator (idempotent) and prints its URL
-#   scripts/stack.sh browser  installs Debian's chromium (headless test of the status page)
+#   scripts/stack.sh tools    test-only tools: Debian's chromium (the status page's test) and a
+#                             virtualenv .venv-tools with the manifest validator (check_deploy.py)
 # Development only. See DESIGN.md section 6 for why moto (not LocalStack) and its two patches.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -113,6 +114,19 @@ browser_up() {
   apt_install chromium
 }
 
+# kubernetes-validate bundles the Kubernetes API schemas, so manifests validate offline.
+TOOLS_VENV=.venv-tools
+TOOLS_PINS='kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.4'
+validator_up() {
+  [ -f "$TOOLS_VENV/.pins" ] && [ "$(cat "$TOOLS_VENV/.pins")" = "$TOOLS_PINS" ] && return 0
+  python3 -m venv "$TOOLS_VENV" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$TOOLS_VENV"; } \
+    || die "python3 -m venv failed"
+  # shellcheck disable=SC2086
+  "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check $TOOLS_PINS >"$STATE/pip-tools.log" 2>&1 \
+    || die "installing the manifest validator failed; see $STATE/pip-tools.log"
+  echo "$TOOLS_PINS" >"$TOOLS_VENV/.pins"
+}
+
 case "${1:-up}" in
   up)
     postgres_up
@@ -135,11 +149,12 @@ sqs = boto3.client("sqs", region_name=os.environ["AWS_REGION"])
 print(sqs.create_queue(QueueName=sys.argv[1])["QueueUrl"])
 PY
     ;;
-  browser)
+  tools)
     browser_up
+    validator_up
     ;;
   down)
     if [ -f "$STATE/moto.pid" ]; then kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; fi
     ;;
-  *) die "usage: scripts/stack.sh up|status|down|browser|queue NAME" ;;
+  *) die "usage: scripts/stack.sh up|status|down|tools|queue NAME" ;;
 esac

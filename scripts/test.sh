@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"
 
 bash scripts/stack.sh up
-bash scripts/stack.sh browser
+bash scripts/stack.sh tools
 # Databases left behind by an interrupted earlier run (each test creates its own pv_test_*). No
 # FORCE: a database still in use by another checkout's running suite is left alone.
 psql "$PIIVAULT_PG_ADMIN_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'pv\_test\_%'" |

@@ -5,6 +5,7 @@ mod support;
 
 mod access;
 mod commands;
+mod deploy;
 mod errors;
 mod faults;
 mod hostile;

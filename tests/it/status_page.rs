@@ -1,5 +1,5 @@
 //! The status page `/` of `etl run --metrics-addr`, rendered by headless Chromium (Debian's
-//! `chromium`, installed by `scripts/stack.sh browser`) while a real consumer runs as a login
+//! `chromium`, installed by `scripts/stack.sh tools`) while a real consumer runs as a login
 //! holding only `piivault_etl`.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ fn chromium() -> String {
         .is_ok_and(|o| o.status.success());
     assert!(
         found,
-        "{bin} not found: run scripts/stack.sh browser (installs Debian's chromium)"
+        "{bin} not found: run scripts/stack.sh tools (installs Debian's chromium)"
     );
     bin
 }
