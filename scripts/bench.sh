@@ -15,7 +15,7 @@
 #      time, INSERT + COMMIT per row) on the same queue;
 #   6. criterion micro-benchmarks: decode, token, seal, decode+protect per event.
 # Prints markdown tables and writes target/bench/results.json. BENCH_PHASES picks phases
-# (default: "backfill keys sqs model micro"); sizes as below.
+# (default: "backfill keys sqs model micro status"); sizes as below.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"
@@ -25,7 +25,7 @@ small=${BENCH_SMALL:-10000}
 messages=${BENCH_MESSAGES:-20000}
 latency=${BENCH_LATENCY_MS:-20}
 concurrency=${BENCH_CONCURRENCY:-8}
-phases=" ${BENCH_PHASES:-backfill keys sqs model micro} "
+phases=" ${BENCH_PHASES:-backfill keys sqs model micro status} "
 want() { [[ $phases == *" $1 "* ]]; }
 out=target/bench
 mkdir -p "$out"
@@ -186,6 +186,61 @@ for line in sys.stdin:
     if m:
         print(json.dumps({"name": "micro: " + m.group(1), "ns": int(m.group(2).replace(",", ""))}))
 ' >>"$results"
+fi
+
+if want status; then
+echo "status page and metrics on a large table" >&2
+# The biggest database an earlier phase left (1 M rows after backfill), else a fresh 200 k one.
+db=piivault_bench_big
+if ! psql "${admin%/*}/$db" -Atqc "SELECT 1 FROM user_logins LIMIT 1" >/dev/null 2>&1; then
+  fresh_db piivault_bench_status
+  $etl run --input "$file" >/dev/null 2>&1
+  db=piivault_bench_status
+fi
+export DATABASE_URL="${admin%/*}/$db"
+SQS_QUEUE_URL=$(bash scripts/stack.sh queue "piivault-bench-status-$(date +%s)") \
+  $etl run --wait-time-secs 20 --metrics-addr 127.0.0.1:19090 >/dev/null 2>"$out/status-server.log" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true' EXIT
+# The first GET / reads the database (two duplicate scans, cancelled by Postgres after 5 s);
+# the next ones within 15 s reuse those reads. Both are recorded, with the parts that failed.
+python3 - "$results" "$DATABASE_URL" <<'PY'
+import json, statistics, subprocess, sys, time, urllib.request
+path, url = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:19090"
+rows = int(subprocess.run(["psql", url, "-Atqc", "SELECT count(*) FROM user_logins"],
+                          capture_output=True, text=True, check=True).stdout)
+for _ in range(150):
+    try:
+        urllib.request.urlopen(base + "/healthz", timeout=1).read()
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit("bench: etl run --metrics-addr never answered /healthz; see target/bench/status-server.log")
+
+def get(page):
+    start = time.monotonic()
+    body = urllib.request.urlopen(base + page, timeout=60).read()
+    return (time.monotonic() - start) * 1000, body
+
+def record(name, times, body):
+    times = sorted(times)
+    open(path, "a").write(json.dumps({"name": name, "rows": rows,
+        "median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
+        "bytes": len(body), "unavailable_parts": body.count(b'class="unavailable"')}) + "\n")
+
+first, body = get("/")
+record(f"GET / reading the database ({rows} rows in user_logins)", [first], body)
+pages = [get("/") for _ in range(20)]
+record(f"GET / from the 15 s cache ({rows} rows)", [t for t, _ in pages], pages[-1][1])
+for page in ["/metrics", "/readyz"]:
+    got = [get(page) for _ in range(20)]
+    record(f"GET {page} ({rows} rows)", [t for t, _ in got], got[-1][1])
+PY
+kill -TERM "$server" 2>/dev/null || true
+wait "$server" || true
+trap - EXIT
 fi
 
 python3 scripts/bench_report.py "$results" "$out/results.json" "$latency"

@@ -107,6 +107,14 @@ if micro:
     if dp:
         goal("≤ 5 µs CPU for decode+protect per event", dp["ns"] <= 5000)
 
+pages = find("GET ")
+if pages:
+    print("\n### Operator endpoints (20 requests each)\n")
+    print("| request | median ms | p95 ms | bytes | parts unavailable |")
+    print("|---|---:|---:|---:|---:|")
+    for r in pages:
+        print(f"| {r['name']} | {r['median_ms']} | {r['p95_ms']} | {r['bytes']:,} | {r['unavailable_parts']} |")
+
 print("\n### Goals\n")
 for g in goals:
     print(f"- [{'x' if g['met'] else ' '}] {g['goal']}")

@@ -8,9 +8,11 @@
 - KEDA's ScaledObject and TriggerAuthentication: a strict JSON Schema of the fields piivault
   uses, written from KEDA's documentation (KEDA's CRDs are not bundled by any offline validator).
 - Cross-file rules: the grace period exceeds --shutdown-timeout-secs, probes hit /healthz and
-  /readyz on the --metrics-addr port, the pod runs as the Dockerfile's non-root user with a
-  read-only root, KEDA scales the Deployment and reads the queue URL the pod reads, and the
-  compose services use the same image and settings.
+  /readyz on the --metrics-addr port, the pods run as the Dockerfile's non-root user with a
+  read-only root, the set-up job has its own service account and stays out of the
+  kustomization (a Job cannot be re-applied), KEDA scales the Deployment with the pods' identity
+  and reads the queue URL the pod reads, and the compose services that run etl share one image
+  built once, with a read-only root.
 
 Prints one JSON object (the commands and environment the files give etl) for the integration
 test, which runs them against the real stack. Exit 1 with one line per problem otherwise.
@@ -210,7 +212,8 @@ def check(root: Path):
             where = f"{path.name}: {kind}/{doc.get('metadata', {}).get('name', '?')}"
             if kind == "Kustomization":
                 listed = set(doc.get("resources", []))
-                present = {p.name for p in kube.glob("*.yaml")} - {path.name}
+                # The set-up Job is applied on its own, per release, before the rollout.
+                present = {p.name for p in kube.glob("*.yaml")} - {path.name, "setup-job.yaml"}
                 if listed != present:
                     problems.append(f"{path.name}: resources {sorted(listed)} != files {sorted(present)}")
                 continue
@@ -275,6 +278,9 @@ def check(root: Path):
     readiness_timeout = etl.get("readinessProbe", {}).get("timeoutSeconds", 1)
     if readiness_timeout <= 2:
         problems.append("deployment: readinessProbe timeoutSeconds must exceed /readyz's own 2 s checks")
+    job_pod = job.get("spec", {}).get("template", {}).get("spec", {})
+    if job_pod.get("serviceAccountName") in (None, pod.get("serviceAccountName")):
+        problems.append("setup job: needs its own service account (keys init needs kms:Encrypt; consumers must not)")
     for name, spec in [("deployment", pod)] + [("setup job", job.get("spec", {}).get("template", {}).get("spec", {}))]:
         psc = spec.get("securityContext", {})
         if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != image_uid:
@@ -290,8 +296,12 @@ def check(root: Path):
     for trigger in scaled.get("spec", {}).get("triggers", []):
         meta = trigger.get("metadata", {})
         ref = trigger.get("authenticationRef", {}).get("name")
-        if ref and ("TriggerAuthentication", ref) not in docs:
+        auth = docs.get(("TriggerAuthentication", ref))
+        if ref and auth is None:
             problems.append(f"keda: authenticationRef {ref} does not exist")
+        identity = (auth or {}).get("spec", {}).get("podIdentity", {})
+        if identity.get("provider") == "aws" and identity.get("identityOwner") != "workload":
+            problems.append("keda: podIdentity aws without identityOwner: workload uses the operator's role, not the pods'")
         env_name = meta.get("queueURLFromEnv")
         pod_env = {e["name"] for e in etl.get("env", [])} | set(config.get("data", {}))
         if env_name and env_name not in pod_env:
@@ -301,11 +311,12 @@ def check(root: Path):
             problems.append(f"keda: awsRegion {meta.get('awsRegion')} differs from the pod's AWS_REGION {region}")
 
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
-    compose_etl = {
-        name: svc for name, svc in compose.get("services", {}).items() if svc.get("build") == "."
-    }
-    if not compose_etl:
-        problems.append("docker-compose.yml: no service builds the Dockerfile")
+    services = compose.get("services", {})
+    builders = [name for name, svc in services.items() if svc.get("build") == "."]
+    if len(builders) != 1:
+        problems.append(f"docker-compose.yml: exactly one service should build the Dockerfile, not {builders}")
+    image = services.get(builders[0], {}).get("image") if builders else None
+    compose_etl = {name: svc for name, svc in services.items() if image and svc.get("image") == image}
     for name, svc in compose_etl.items():
         if svc.get("read_only") is not True:
             problems.append(f"docker-compose.yml: {name} should run with a read-only root like the pod")

@@ -37,6 +37,22 @@ impl Context {
         Ok(store::connect(url.expose(), "DATABASE_URL", max_connections).await?)
     }
 
+    /// A pool on `DATABASE_URL` whose statements Postgres cancels after `statement_timeout`.
+    pub async fn bounded_pool(
+        &self,
+        max_connections: u32,
+        statement_timeout: std::time::Duration,
+    ) -> Result<PgPool, Error> {
+        let url = self.settings.database_url()?;
+        Ok(store::connect_bounded(
+            url.expose(),
+            "DATABASE_URL",
+            max_connections,
+            statement_timeout,
+        )
+        .await?)
+    }
+
     /// The auditor's connection (reveal, audit): `PIIVAULT_REVEAL_DATABASE_URL`, else
     /// `DATABASE_URL` with a warning.
     pub async fn auditor_pool(&self) -> Result<PgPool, Error> {

@@ -98,7 +98,10 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 Source::Queue(queue) => Some(queue.clone()),
                 Source::File(_) => None,
             };
-            let served = Served::new(counters.clone(), pool, queue);
+            // Connections of its own (the two duplicate scans run side by side): a page view can
+            // never take a writer's.
+            let page_pool = ctx.bounded_pool(2, serve::STATUS_STATEMENT_TIMEOUT).await?;
+            let served = Served::new(counters.clone(), pool, page_pool, queue);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,

@@ -23,6 +23,9 @@ use crate::source::sqs::SqsQueue;
 use crate::source::{Queue, SourceError};
 use crate::store;
 
+/// How long Postgres lets a status-page statement run.
+pub const STATUS_STATEMENT_TIMEOUT: Duration = status::STATEMENT_TIMEOUT;
+
 /// How long a readiness check may take before it counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -30,25 +33,37 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Served {
     /// The run's metrics.
     pub counters: Arc<Counters>,
-    /// The run's pool (readiness, key versions).
+    /// The run's pool (readiness, key versions): quick statements only.
     pub pool: PgPool,
+    /// The status page's own pool, with a server-side statement timeout: its scans never take
+    /// a writer's connection and never outlive the timeout.
+    pub page_pool: PgPool,
     /// The queue, when consuming one (readiness).
     pub queue: Option<SqsQueue>,
     /// When the run started (rates since start).
     pub started: Instant,
     /// Recent samples of the received counter (the status page's recent rate).
     pub rates: status::RateWindow,
+    /// The status page's last database reads.
+    pub db_cache: status::DbCache,
 }
 
 impl Served {
     /// What the endpoints read for a run that started now.
-    pub fn new(counters: Arc<Counters>, pool: PgPool, queue: Option<SqsQueue>) -> Served {
+    pub fn new(
+        counters: Arc<Counters>,
+        pool: PgPool,
+        page_pool: PgPool,
+        queue: Option<SqsQueue>,
+    ) -> Served {
         Served {
             counters,
             pool,
+            page_pool,
             queue,
             started: Instant::now(),
             rates: status::RateWindow::default(),
+            db_cache: status::DbCache::default(),
         }
     }
 }
@@ -93,8 +108,20 @@ async fn sample_rates(served: Arc<Served>, stop: CancellationToken) {
     }
 }
 
-async fn status_page(State(served): State<Arc<Served>>) -> Html<String> {
-    Html(status::render(&status::gather(&served).await))
+async fn status_page(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    let page = status::render(&status::gather(&served).await);
+    // Unauthenticated: never cached, never framed, no script or outside resource may load.
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        Html(page),
+    )
 }
 
 async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
@@ -117,24 +144,29 @@ async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
-    let postgres =
+    // Both checks at once, so the answer comes within one CHECK_TIMEOUT.
+    let postgres = async {
         match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&served.pool))
             .await
         {
             Ok(Ok(_)) => "ok".to_owned(),
             Ok(Err(_)) => "unreachable".to_owned(),
             Err(_) => "unreachable: no answer within 2 s".to_owned(),
-        };
-    let sqs = match &served.queue {
-        None => "not used".to_owned(),
-        Some(queue) => match tokio::time::timeout(CHECK_TIMEOUT, queue.check()).await {
-            Ok(Ok(())) => "ok".to_owned(),
-            Ok(Err(SourceError::NoQueue { .. })) => "the queue does not exist".to_owned(),
-            Ok(Err(SourceError::Refused { .. })) => "refused (permissions)".to_owned(),
-            Ok(Err(_)) => "unreachable".to_owned(),
-            Err(_) => "unreachable: no answer within 2 s".to_owned(),
-        },
+        }
     };
+    let sqs = async {
+        match &served.queue {
+            None => "not used".to_owned(),
+            Some(queue) => match tokio::time::timeout(CHECK_TIMEOUT, queue.check()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(SourceError::NoQueue { .. })) => "the queue does not exist".to_owned(),
+                Ok(Err(SourceError::Refused { .. })) => "refused (permissions)".to_owned(),
+                Ok(Err(_)) => "unreachable".to_owned(),
+                Err(_) => "unreachable: no answer within 2 s".to_owned(),
+            },
+        }
+    };
+    let (postgres, sqs) = tokio::join!(postgres, sqs);
     let ready = postgres == "ok" && (sqs == "ok" || sqs == "not used");
     let status = if ready {
         StatusCode::OK

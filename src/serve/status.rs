@@ -4,18 +4,25 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
 use super::Served;
 use crate::pipeline::Summary;
 use crate::store::report::{self, DuplicateBy, DuplicateGroup};
 use crate::store::{StoreError, keys, quarantine};
 
-/// How long each database read of the page may take (the duplicate groups scan `user_logins`).
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long Postgres lets one of the page's statements run (the duplicate groups scan
+/// `user_logins`) before cancelling it; the page's pool sets it on every connection.
+pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The client gives up a little later (a connection to open, a cancel to arrive).
+const READ_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long the database part of the page is reused: every viewer, and the page's own refresh,
+/// share one set of reads per interval, so viewers cannot multiply the scans.
+const DB_PART_TTL: Duration = Duration::from_secs(15);
 /// Duplicate groups shown per column.
 const TOP_GROUPS: i64 = 10;
 /// The window of the "recent" rate.
@@ -47,11 +54,13 @@ impl RateWindow {
         }
     }
 
-    /// Messages per second between the oldest sample in the window and `(now, received)`;
-    /// `None` until a sample is at least one second old.
+    /// Messages per second between the oldest sample at most a minute before `now` and
+    /// `(now, received)`; `None` until such a sample is at least one second old.
     pub fn per_second(&self, now: Instant, received: u64) -> Option<f64> {
         let samples = self.samples.lock().expect("rate window lock");
-        let (t, n) = samples.front()?;
+        let (t, n) = samples
+            .iter()
+            .find(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)?;
         let secs = now.duration_since(*t).as_secs_f64();
         (secs >= 1.0).then(|| received.saturating_sub(*n) as f64 / secs)
     }
@@ -72,19 +81,53 @@ pub struct KeyLine {
 pub struct StatusView {
     summary: Summary,
     recent_rate: Option<f64>,
+    db: Arc<DbPart>,
+    at: DateTime<Utc>,
+}
+
+/// What the page reads from the database, and when it was read.
+pub struct DbPart {
     user_logins: Part<i64>,
     quarantined: Part<i64>,
     keys: Part<Vec<KeyLine>>,
     devices: Part<Vec<DuplicateGroup>>,
     ips: Part<Vec<DuplicateGroup>>,
-    at: DateTime<Utc>,
+    read_at: DateTime<Utc>,
 }
 
-/// Reads the counters and the database (each read bounded by a timeout).
+/// The last database part and when it was read; one refresh at a time.
+#[derive(Default)]
+pub struct DbCache {
+    last: tokio::sync::Mutex<Option<(Instant, Arc<DbPart>)>>,
+}
+
+/// Reads the counters, and the database part unless a fresh one is cached.
 pub async fn gather(served: &Served) -> StatusView {
     let summary = served.counters.summary(served.started);
     let recent_rate = served.rates.per_second(Instant::now(), summary.received);
-    let pool = &served.pool;
+    let db = {
+        // Held across the reads: concurrent viewers wait for one refresh instead of each
+        // starting their own scans.
+        let mut last = served.db_cache.last.lock().await;
+        match &*last {
+            Some((at, part)) if at.elapsed() < DB_PART_TTL => part.clone(),
+            _ => {
+                let part = Arc::new(read_db(&served.page_pool).await);
+                *last = Some((Instant::now(), part.clone()));
+                part
+            }
+        }
+    };
+    StatusView {
+        summary,
+        recent_rate,
+        db,
+        at: Utc::now(),
+    }
+}
+
+/// The page's database reads, on the page's own pool (never the writers').
+async fn read_db(pool: &PgPool) -> DbPart {
     let (user_logins, quarantined, keys, devices, ips) = tokio::join!(
         bounded(report::user_logins_estimate(pool)),
         bounded(quarantine::count(pool)),
@@ -113,24 +156,22 @@ pub async fn gather(served: &Served) -> StatusView {
             TOP_GROUPS
         )),
     );
-    StatusView {
-        summary,
-        recent_rate,
+    DbPart {
         user_logins,
         quarantined,
         keys,
         devices,
         ips,
-        at: Utc::now(),
+        read_at: Utc::now(),
     }
 }
 
 /// The read's value, or a one-line reason (store errors never carry bound values).
 async fn bounded<T>(read: impl Future<Output = Result<T, StoreError>>) -> Part<T> {
-    match tokio::time::timeout(QUERY_TIMEOUT, read).await {
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.to_string().lines().next().unwrap_or_default().to_owned()),
-        Err(_) => Err(format!("no answer within {} s", QUERY_TIMEOUT.as_secs())),
+        Err(_) => Err(format!("no answer within {} s", READ_TIMEOUT.as_secs())),
     }
 }
 
@@ -146,9 +187,12 @@ pub fn render(view: &StatusView) -> String {
     html.push_str(HEAD);
     let _ = write!(
         html,
-        "<p class=\"meta\">Rendered {} UTC · up {} · refreshes every 10 s</p>",
+        "<p class=\"meta\">Rendered {} UTC · up {} · refreshes every 10 s · database figures \
+         read at {} UTC (reused for {} s)</p>",
         view.at.format("%Y-%m-%d %H:%M:%S"),
-        uptime(s.seconds)
+        uptime(s.seconds),
+        view.db.read_at.format("%H:%M:%S"),
+        DB_PART_TTL.as_secs()
     );
 
     html.push_str("<h2>This process</h2><table id=\"counts\"><tbody>");
@@ -179,12 +223,12 @@ pub fn render(view: &StatusView) -> String {
         html,
         "<tr><th>rows in user_logins (estimate)</th><td id=\"user-logins\">{}</td></tr>\
          <tr><th>messages in quarantine</th><td id=\"quarantine\">{}</td></tr></tbody></table>",
-        part(&view.user_logins, |n| n.to_string()),
-        part(&view.quarantined, |n| n.to_string()),
+        part(&view.db.user_logins, |n| n.to_string()),
+        part(&view.db.quarantined, |n| n.to_string()),
     );
 
     html.push_str("<h2>Data keys</h2>");
-    match &view.keys {
+    match &view.db.keys {
         Err(why) => unavailable(&mut html, why),
         Ok(keys) => {
             html.push_str(
@@ -206,8 +250,12 @@ pub fn render(view: &StatusView) -> String {
     }
 
     for (id, title, groups) in [
-        ("devices", "Devices shared by several users", &view.devices),
-        ("ips", "IP addresses shared by several users", &view.ips),
+        (
+            "devices",
+            "Devices shared by several users",
+            &view.db.devices,
+        ),
+        ("ips", "IP addresses shared by several users", &view.db.ips),
     ] {
         let _ = write!(html, "<h2>{title}</h2>");
         match groups {
@@ -311,20 +359,23 @@ mod tests {
                 seconds: 60.0,
             },
             recent_rate: None,
-            user_logins: Ok(110),
-            quarantined: Err("permission denied <x>".into()),
-            keys: Ok(vec![KeyLine {
-                purpose: "seal".into(),
-                version: 2,
-                state: "active".into(),
-                created_at: Utc::now(),
-            }]),
-            devices: Ok(vec![DuplicateGroup {
-                token: "<script>alert(1)</script>".into(),
-                users: 3,
-                logins: 4,
-            }]),
-            ips: Ok(vec![]),
+            db: Arc::new(DbPart {
+                user_logins: Ok(110),
+                quarantined: Err("permission denied <x>".into()),
+                keys: Ok(vec![KeyLine {
+                    purpose: "seal".into(),
+                    version: 2,
+                    state: "active".into(),
+                    created_at: Utc::now(),
+                }]),
+                devices: Ok(vec![DuplicateGroup {
+                    token: "<script>alert(1)</script>".into(),
+                    users: 3,
+                    logins: 4,
+                }]),
+                ips: Ok(vec![]),
+                read_at: Utc::now(),
+            }),
             at: Utc::now(),
         }
     }
@@ -359,5 +410,7 @@ mod tests {
             rates.per_second(now + Duration::from_secs(10), 1500),
             Some(500.0 / 15.0)
         );
+        // Nothing sampled in the minute before: no recent rate rather than a stale one.
+        assert_eq!(rates.per_second(now + Duration::from_secs(70), 1500), None);
     }
 }

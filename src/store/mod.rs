@@ -11,7 +11,7 @@ pub mod writer;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// Failures talking to Postgres. Messages never include bound values.
 #[derive(Debug, thiserror::Error)]
@@ -118,10 +118,39 @@ pub async fn connect(
     var: &'static str,
     max_connections: u32,
 ) -> Result<PgPool, StoreError> {
+    let options = parse_url(url, var)?;
+    connect_with(options, var, max_connections).await
+}
+
+/// A pool whose statements Postgres itself cancels after `statement_timeout`: for reads that
+/// must never hold a connection long, whoever asks (the status page).
+pub async fn connect_bounded(
+    url: &str,
+    var: &'static str,
+    max_connections: u32,
+    statement_timeout: Duration,
+) -> Result<PgPool, StoreError> {
+    let timeout = format!("{}ms", statement_timeout.as_millis());
+    let options = parse_url(url, var)?.options([("statement_timeout", timeout.as_str())]);
+    connect_with(options, var, max_connections).await
+}
+
+fn parse_url(url: &str, var: &'static str) -> Result<PgConnectOptions, StoreError> {
+    url.parse().map_err(|e: sqlx::Error| StoreError::Connect {
+        var,
+        detail: e.to_string(),
+    })
+}
+
+async fn connect_with(
+    options: PgConnectOptions,
+    var: &'static str,
+    max_connections: u32,
+) -> Result<PgPool, StoreError> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(|e| StoreError::Connect {
             var,

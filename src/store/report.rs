@@ -25,29 +25,25 @@ pub struct DuplicateGroup {
 }
 
 /// Tokens seen with at least `min_users` distinct users, most users first, at most `limit`.
+/// Runs `shared_tokens()` (migration 0008), which the ETL role may call without reading
+/// `user_logins` itself.
 pub async fn duplicate_groups(
     pool: &PgPool,
     by: DuplicateBy,
     min_users: i64,
     limit: i64,
 ) -> Result<Vec<DuplicateGroup>, StoreError> {
-    // The column name comes from the enum, never from input.
-    let column = match by {
-        DuplicateBy::Device => "masked_device_id",
-        DuplicateBy::Ip => "masked_ip",
+    let by = match by {
+        DuplicateBy::Device => "device",
+        DuplicateBy::Ip => "ip",
     };
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {column} AS token, count(DISTINCT user_id) AS users, count(*) AS logins
-         FROM user_logins WHERE {column} IS NOT NULL
-         GROUP BY {column} HAVING count(DISTINCT user_id) >= $1
-         ORDER BY users DESC, logins DESC, token
-         LIMIT $2"
-    )))
-    .bind(min_users)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::during("reading duplicate groups"))
+    sqlx::query_as("SELECT token, users, logins FROM shared_tokens($1, $2, $3)")
+        .bind(by)
+        .bind(min_users)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::during("reading duplicate groups"))
 }
 
 /// Rows in `user_logins` as the statistics collector last counted them: instant on any size,

@@ -94,6 +94,24 @@ fn the_manifests_validate_and_the_checker_catches_each_kind_of_mistake() {
             "scaleTargetRef piivault-other is not the Deployment",
         ),
         (
+            "deploy/kubernetes/keda.yaml",
+            "    identityOwner: workload\n",
+            "",
+            "identityOwner: workload",
+        ),
+        (
+            "deploy/kubernetes/setup-job.yaml",
+            "serviceAccountName: piivault-setup",
+            "serviceAccountName: piivault-etl",
+            "needs its own service account",
+        ),
+        (
+            "docker-compose.yml",
+            "    pull_policy: never # built by the etl service below\n",
+            "    build: .\n",
+            "exactly one service should build",
+        ),
+        (
             "Dockerfile",
             "USER 65532:65532",
             "USER 0",
@@ -186,6 +204,7 @@ async fn the_pods_commands_work_as_the_images_user_probed_and_stopped_like_kuber
     let pod = as_image_user(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
 

@@ -88,6 +88,7 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let spawned = tokio::time::Instant::now();
     let consumer = s.etl.clone().with("DATABASE_URL", &etl_url).spawn(&[
         "run",
         "--wait-time-secs",
@@ -112,6 +113,15 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
         bodies.len()
     );
 
+    // The page's row count is the statistics collector's, flushed by the writers' backends a
+    // moment after their commits; and the recent rate needs a sample a second old.
+    s.db.wait_for(
+        "SELECT coalesce(max(n_live_tup), 0) FROM pg_stat_user_tables WHERE relname = 'user_logins'",
+        102,
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep_until(spawned + Duration::from_secs(2)).await;
     let url = format!("http://127.0.0.1:{port}/");
     let dom = headless(&bin, &url, &["--dump-dom"]);
     assert!(dom.contains("<h1>piivault status</h1>"), "{dom}");
@@ -120,6 +130,15 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     assert_eq!(text_of(&dom, "quarantined"), "1");
     assert_eq!(text_of(&dom, "deleted"), bodies.len().to_string());
     assert_eq!(text_of(&dom, "quarantine"), "1", "the table's own count");
+    assert_eq!(
+        text_of(&dom, "user-logins"),
+        "102",
+        "the statistics collector's count"
+    );
+    let average: f64 = text_of(&dom, "rate-average").parse().unwrap();
+    assert!(average > 0.0, "messages/s since start: {average}");
+    let recent: f64 = text_of(&dom, "rate-recent").parse().unwrap();
+    assert!(recent > 0.0, "messages/s over the last minute: {recent}");
     assert!(
         !dom.contains("class=\"unavailable\""),
         "a part failed: {dom}"
@@ -179,5 +198,62 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     s.drop_logins(&[etl_name]).await;
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_scan_is_cancelled_by_postgres_and_the_rest_of_the_page_still_renders() {
+    let s = Setup::new().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = s
+        .etl
+        .spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+    }
+
+    // The duplicate groups wait on a lock the test holds: Postgres cancels them after the page
+    // pool's statement_timeout (5 s), and the other parts render regardless.
+    let lock = s.db.block_user_logins().await;
+    let started = std::time::Instant::now();
+    let (status, page) = http_get(port, "/");
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "{took:?}"
+    );
+    assert_eq!(
+        page.matches("class=\"unavailable\"").count(),
+        2,
+        "devices and IPs: {page}"
+    );
+    assert_eq!(
+        page.matches("canceling statement due to statement timeout")
+            .count(),
+        2,
+        "{page}"
+    );
+    assert!(page.contains("<td id=\"quarantine\">0</td>"), "{page}");
+    assert!(
+        page.contains("<td>seal</td><td>1</td><td>active</td>"),
+        "{page}"
+    );
+    // Cancelled server-side: nothing of the page's is still waiting on the lock.
+    let waiting =
+        s.db.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE query LIKE '%shared_tokens%' AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    assert_eq!(waiting, 0);
+    drop(lock);
+
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     s.db.drop_db().await;
 }

@@ -411,7 +411,10 @@ impl Etl {
     /// Starts `etl` in the background with stdout and stderr piped.
     pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
         let mut cmd = self.command(args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A test that fails before stopping it must not leave a consumer running.
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd.spawn().expect("cannot start etl")
     }
 

@@ -16,9 +16,14 @@ pub async fn run(ctx: &Context, if_missing: bool) -> Result<(), Error> {
     let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
     let existing = rows.len();
     if existing > 0 && if_missing {
-        // A deploy job must not report success with a KEK that cannot open the stored keys.
-        for row in rows.iter().filter(|r| r.state == "active") {
-            keystore::unwrap_row(&kek, row).await?;
+        // A deploy job must not report success when `etl run` would fail: each purpose needs an
+        // active key, and PIIVAULT_KEK must open it.
+        for purpose in [Purpose::Seal, Purpose::Token] {
+            let active = rows
+                .iter()
+                .find(|r| r.purpose == purpose.as_str() && r.state == "active")
+                .ok_or(Error::NoKeys(purpose))?;
+            keystore::unwrap_row(&kek, active).await?;
         }
         tracing::info!(
             existing,
