@@ -202,8 +202,10 @@ SQS_QUEUE_URL=$(bash scripts/stack.sh queue "piivault-bench-status-$(date +%s)")
   $etl run --wait-time-secs 20 --metrics-addr 127.0.0.1:19090 >/dev/null 2>"$out/status-server.log" &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true' EXIT
-# The first GET / reads the database (two duplicate scans, cancelled by Postgres after 5 s);
-# the next ones within 15 s reuse those reads. Both are recorded, with the parts that failed.
+# A view never waits for the database scans: the first one waits at most 3 s, then the figures
+# arrive from a background read. Recorded: the first view, how long until the figures are in
+# (the background read: two duplicate scans of user_logins, cancelled by Postgres after
+# --status-timeout-secs), later views, and the parts that could not be read.
 python3 - "$results" "$DATABASE_URL" <<'PY'
 import json, statistics, subprocess, sys, time, urllib.request
 path, url = sys.argv[1], sys.argv[2]
@@ -224,16 +226,21 @@ def get(page):
     body = urllib.request.urlopen(base + page, timeout=60).read()
     return (time.monotonic() - start) * 1000, body
 
-def record(name, times, body):
+def record(name, times, body, **extra):
     times = sorted(times)
     open(path, "a").write(json.dumps({"name": name, "rows": rows,
-        "median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(len(times) * 0.95) - 1], 1),
-        "bytes": len(body), "unavailable_parts": body.count(b'class="unavailable"')}) + "\n")
+        "median_ms": round(statistics.median(times), 1), "p95_ms": round(times[max(int(len(times) * 0.95) - 1, 0)], 1),
+        "bytes": len(body), "unavailable_parts": body.count(b'class="unavailable"'), **extra}) + "\n")
 
+started = time.monotonic()
 first, body = get("/")
-record(f"GET / reading the database ({rows} rows in user_logins)", [first], body)
+record(f"GET /, first view ({rows} rows in user_logins)", [first], body)
+while b"db-pending" in body and time.monotonic() - started < 120:
+    time.sleep(0.25)
+    _, body = get("/")
+record(f"database figures in after ({rows} rows)", [(time.monotonic() - started) * 1000], body)
 pages = [get("/") for _ in range(20)]
-record(f"GET / from the 15 s cache ({rows} rows)", [t for t, _ in pages], pages[-1][1])
+record(f"GET /, figures cached ({rows} rows)", [t for t, _ in pages], pages[-1][1])
 for page in ["/metrics", "/readyz"]:
     got = [get(page) for _ in range(20)]
     record(f"GET {page} ({rows} rows)", [t for t, _ in got], got[-1][1])

@@ -107,7 +107,7 @@ if micro:
     if dp:
         goal("≤ 5 µs CPU for decode+protect per event", dp["ns"] <= 5000)
 
-pages = find("GET ")
+pages = find("GET ") + find("database figures in")
 if pages:
     print("\n### Operator endpoints (20 requests each)\n")
     print("| request | median ms | p95 ms | bytes | parts unavailable |")

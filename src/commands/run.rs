@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// e.g. 0.0.0.0:9090 in a container. Off by default.
     #[arg(long, env = "PIIVAULT_METRICS_ADDR", value_name = "HOST:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// How long the status page's database reads (scans of user_logins for its duplicate
+    /// groups) may run before Postgres cancels them. Views never wait for them.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    status_timeout_secs: u64,
     /// Transactions in progress at once (each holds one database connection). Commits wait for
     /// the WAL flush; several in flight share it (group commit), which is what makes a load fast.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -98,10 +102,10 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 Source::Queue(queue) => Some(queue.clone()),
                 Source::File(_) => None,
             };
-            // Connections of its own (the two duplicate scans run side by side): a page view can
-            // never take a writer's.
-            let page_pool = ctx.bounded_pool(2, serve::STATUS_STATEMENT_TIMEOUT).await?;
-            let served = Served::new(counters.clone(), pool, page_pool, queue);
+            // A connection of its own: the status page's scans never take a writer's.
+            let page_timeout = Duration::from_secs(args.status_timeout_secs);
+            let page_pool = ctx.bounded_pool(1, page_timeout).await?;
+            let served = Served::new(counters.clone(), pool, (page_pool, page_timeout), queue);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,

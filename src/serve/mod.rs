@@ -23,9 +23,6 @@ use crate::source::sqs::SqsQueue;
 use crate::source::{Queue, SourceError};
 use crate::store;
 
-/// How long Postgres lets a status-page statement run.
-pub const STATUS_STATEMENT_TIMEOUT: Duration = status::STATEMENT_TIMEOUT;
-
 /// How long a readiness check may take before it counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -35,9 +32,11 @@ pub struct Served {
     pub counters: Arc<Counters>,
     /// The run's pool (readiness, key versions): quick statements only.
     pub pool: PgPool,
-    /// The status page's own pool, with a server-side statement timeout: its scans never take
-    /// a writer's connection and never outlive the timeout.
+    /// The status page's own pool, whose statements Postgres cancels after `page_timeout`: its
+    /// scans never take a writer's connection and never outlive the timeout.
     pub page_pool: PgPool,
+    /// The page pool's statement timeout.
+    pub page_timeout: Duration,
     /// The queue, when consuming one (readiness).
     pub queue: Option<SqsQueue>,
     /// When the run started (rates since start).
@@ -53,13 +52,14 @@ impl Served {
     pub fn new(
         counters: Arc<Counters>,
         pool: PgPool,
-        page_pool: PgPool,
+        (page_pool, page_timeout): (PgPool, Duration),
         queue: Option<SqsQueue>,
     ) -> Served {
         Served {
             counters,
             pool,
             page_pool,
+            page_timeout,
             queue,
             started: Instant::now(),
             rates: status::RateWindow::default(),

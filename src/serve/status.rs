@@ -1,9 +1,15 @@
 //! The read-only status page `/`: what this process has done and how fast, the database's totals,
 //! the data key versions and the top duplicate groups. Plain HTML rendered per request, no
 //! script; tokens and counts only — never a user id, an original value or a key.
+//!
+//! The database figures come from scans of `user_logins` (seconds at a million rows), so a view
+//! never waits for them: a view that finds them older than [`DB_PART_TTL`] starts one re-read in
+//! the background (never two at once) and shows the previous figures with their age. Only the
+//! very first view waits, briefly, so a small database shows its figures at once.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,14 +21,14 @@ use crate::pipeline::Summary;
 use crate::store::report::{self, DuplicateBy, DuplicateGroup};
 use crate::store::{StoreError, keys, quarantine};
 
-/// How long Postgres lets one of the page's statements run (the duplicate groups scan
-/// `user_logins`) before cancelling it; the page's pool sets it on every connection.
-pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The client gives up a little later (a connection to open, a cancel to arrive).
-const READ_TIMEOUT: Duration = Duration::from_secs(7);
-/// How long the database part of the page is reused: every viewer, and the page's own refresh,
-/// share one set of reads per interval, so viewers cannot multiply the scans.
-const DB_PART_TTL: Duration = Duration::from_secs(15);
+/// Beyond Postgres's own statement timeout, how long the client waits for one read (a
+/// connection to open, a cancel to arrive).
+const READ_GRACE: Duration = Duration::from_secs(5);
+/// How old the database figures may be before a view starts a re-read: however many people
+/// look, the scans run at most once per interval.
+const DB_PART_TTL: Duration = Duration::from_secs(30);
+/// How long the first view waits for the first read.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(3);
 /// Duplicate groups shown per column.
 const TOP_GROUPS: i64 = 10;
 /// The window of the "recent" rate.
@@ -81,7 +87,8 @@ pub struct KeyLine {
 pub struct StatusView {
     summary: Summary,
     recent_rate: Option<f64>,
-    db: Arc<DbPart>,
+    /// `None` while the first read is still running.
+    db: Option<Arc<DbPart>>,
     at: DateTime<Utc>,
 }
 
@@ -95,28 +102,46 @@ pub struct DbPart {
     read_at: DateTime<Utc>,
 }
 
-/// The last database part and when it was read; one refresh at a time.
-#[derive(Default)]
+/// The latest database figures and when they were read; at most one re-read at a time.
 pub struct DbCache {
-    last: tokio::sync::Mutex<Option<(Instant, Arc<DbPart>)>>,
+    latest: tokio::sync::watch::Sender<Option<(Instant, Arc<DbPart>)>>,
+    reading: AtomicBool,
 }
 
-/// Reads the counters, and the database part unless a fresh one is cached.
-pub async fn gather(served: &Served) -> StatusView {
+impl Default for DbCache {
+    fn default() -> DbCache {
+        DbCache {
+            latest: tokio::sync::watch::Sender::new(None),
+            reading: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Reads the counters and the latest database figures, starting a re-read when they are old.
+pub async fn gather(served: &Arc<Served>) -> StatusView {
     let summary = served.counters.summary(served.started);
     let recent_rate = served.rates.per_second(Instant::now(), summary.received);
-    let db = {
-        // Held across the reads: concurrent viewers wait for one refresh instead of each
-        // starting their own scans.
-        let mut last = served.db_cache.last.lock().await;
-        match &*last {
-            Some((at, part)) if at.elapsed() < DB_PART_TTL => part.clone(),
-            _ => {
-                let part = Arc::new(read_db(&served.page_pool).await);
-                *last = Some((Instant::now(), part.clone()));
-                part
-            }
-        }
+    let cache = &served.db_cache;
+    let stale = cache
+        .latest
+        .borrow()
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= DB_PART_TTL);
+    if stale && !cache.reading.swap(true, Ordering::AcqRel) {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let part = read_db(&served.page_pool, served.page_timeout).await;
+            let cache = &served.db_cache;
+            cache
+                .latest
+                .send_replace(Some((Instant::now(), Arc::new(part))));
+            cache.reading.store(false, Ordering::Release);
+        });
+    }
+    let mut latest = cache.latest.subscribe();
+    let db = match tokio::time::timeout(FIRST_READ_WAIT, latest.wait_for(Option::is_some)).await {
+        Ok(Ok(value)) => value.as_ref().map(|(_, part)| part.clone()),
+        _ => None,
     };
     StatusView {
         summary,
@@ -126,36 +151,35 @@ pub async fn gather(served: &Served) -> StatusView {
     }
 }
 
-/// The page's database reads, on the page's own pool (never the writers').
-async fn read_db(pool: &PgPool) -> DbPart {
-    let (user_logins, quarantined, keys, devices, ips) = tokio::join!(
-        bounded(report::user_logins_estimate(pool)),
-        bounded(quarantine::count(pool)),
-        bounded(async {
-            keys::list(pool).await.map(|rows| {
-                rows.into_iter()
-                    .map(|k| KeyLine {
-                        purpose: k.purpose,
-                        version: k.version,
-                        state: k.state,
-                        created_at: k.created_at,
-                    })
-                    .collect()
-            })
-        }),
-        bounded(report::duplicate_groups(
-            pool,
-            DuplicateBy::Device,
-            2,
-            TOP_GROUPS
-        )),
-        bounded(report::duplicate_groups(
-            pool,
-            DuplicateBy::Ip,
-            2,
-            TOP_GROUPS
-        )),
-    );
+/// The page's database reads, one after another on the page's own connection (never a
+/// writer's); Postgres cancels any statement running longer than `timeout`.
+async fn read_db(pool: &PgPool, timeout: Duration) -> DbPart {
+    let wait = timeout + READ_GRACE;
+    let user_logins = bounded(wait, report::user_logins_estimate(pool)).await;
+    let quarantined = bounded(wait, quarantine::count(pool)).await;
+    let keys = bounded(wait, async {
+        keys::list(pool).await.map(|rows| {
+            rows.into_iter()
+                .map(|k| KeyLine {
+                    purpose: k.purpose,
+                    version: k.version,
+                    state: k.state,
+                    created_at: k.created_at,
+                })
+                .collect()
+        })
+    })
+    .await;
+    let devices = bounded(
+        wait,
+        report::duplicate_groups(pool, DuplicateBy::Device, 2, TOP_GROUPS),
+    )
+    .await;
+    let ips = bounded(
+        wait,
+        report::duplicate_groups(pool, DuplicateBy::Ip, 2, TOP_GROUPS),
+    )
+    .await;
     DbPart {
         user_logins,
         quarantined,
@@ -167,11 +191,11 @@ async fn read_db(pool: &PgPool) -> DbPart {
 }
 
 /// The read's value, or a one-line reason (store errors never carry bound values).
-async fn bounded<T>(read: impl Future<Output = Result<T, StoreError>>) -> Part<T> {
-    match tokio::time::timeout(READ_TIMEOUT, read).await {
+async fn bounded<T>(wait: Duration, read: impl Future<Output = Result<T, StoreError>>) -> Part<T> {
+    match tokio::time::timeout(wait, read).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.to_string().lines().next().unwrap_or_default().to_owned()),
-        Err(_) => Err(format!("no answer within {} s", READ_TIMEOUT.as_secs())),
+        Err(_) => Err(format!("no answer within {} s", wait.as_secs())),
     }
 }
 
@@ -185,13 +209,16 @@ pub fn render(view: &StatusView) -> String {
     };
     let mut html = String::with_capacity(8 * 1024);
     html.push_str(HEAD);
+    let read = view.db.as_ref().map_or_else(
+        || "being read".to_owned(),
+        |db| format!("read at {} UTC", db.read_at.format("%H:%M:%S")),
+    );
     let _ = write!(
         html,
         "<p class=\"meta\">Rendered {} UTC · up {} · refreshes every 10 s · database figures \
-         read at {} UTC (reused for {} s)</p>",
+         {read} (re-read when older than {} s)</p>",
         view.at.format("%Y-%m-%d %H:%M:%S"),
         uptime(s.seconds),
-        view.db.read_at.format("%H:%M:%S"),
         DB_PART_TTL.as_secs()
     );
 
@@ -218,18 +245,36 @@ pub fn render(view: &StatusView) -> String {
          </tbody></table>"
     );
 
+    match &view.db {
+        Some(db) => render_db(&mut html, db),
+        None => html.push_str(
+            "<h2>Database</h2><p id=\"db-pending\" class=\"meta\">The database figures are \
+             being read (seconds on a large table); this page refreshes itself.</p>",
+        ),
+    }
+    html.push_str(
+        "<p class=\"meta\">Tokens are keyed HMACs: equal tokens mean equal originals. \
+         Originals are revealed only by an auditor with <code>etl reveal</code>. \
+         Full lists: <code>etl report duplicates</code>. Metrics: <a href=\"/metrics\">/metrics</a>, \
+         readiness: <a href=\"/readyz\">/readyz</a>.</p></body></html>\n",
+    );
+    html
+}
+
+/// The database part of the page: totals, keys, duplicate groups.
+fn render_db(html: &mut String, db: &DbPart) {
     html.push_str("<h2>Database</h2><table id=\"totals\"><tbody>");
     let _ = write!(
         html,
         "<tr><th>rows in user_logins (estimate)</th><td id=\"user-logins\">{}</td></tr>\
          <tr><th>messages in quarantine</th><td id=\"quarantine\">{}</td></tr></tbody></table>",
-        part(&view.db.user_logins, |n| n.to_string()),
-        part(&view.db.quarantined, |n| n.to_string()),
+        part(&db.user_logins, |n| n.to_string()),
+        part(&db.quarantined, |n| n.to_string()),
     );
 
     html.push_str("<h2>Data keys</h2>");
-    match &view.db.keys {
-        Err(why) => unavailable(&mut html, why),
+    match &db.keys {
+        Err(why) => unavailable(html, why),
         Ok(keys) => {
             html.push_str(
                 "<table id=\"keys\"><thead><tr><th>purpose</th><th>version</th><th>state</th>\
@@ -250,16 +295,12 @@ pub fn render(view: &StatusView) -> String {
     }
 
     for (id, title, groups) in [
-        (
-            "devices",
-            "Devices shared by several users",
-            &view.db.devices,
-        ),
-        ("ips", "IP addresses shared by several users", &view.db.ips),
+        ("devices", "Devices shared by several users", &db.devices),
+        ("ips", "IP addresses shared by several users", &db.ips),
     ] {
         let _ = write!(html, "<h2>{title}</h2>");
         match groups {
-            Err(why) => unavailable(&mut html, why),
+            Err(why) => unavailable(html, why),
             Ok(groups) if groups.is_empty() => {
                 let _ = write!(html, "<p id=\"{id}\" class=\"none\">None.</p>");
             }
@@ -282,13 +323,6 @@ pub fn render(view: &StatusView) -> String {
             }
         }
     }
-    html.push_str(
-        "<p class=\"meta\">Tokens are keyed HMACs: equal tokens mean equal originals. \
-         Originals are revealed only by an auditor with <code>etl reveal</code>. \
-         Full lists: <code>etl report duplicates</code>. Metrics: <a href=\"/metrics\">/metrics</a>, \
-         readiness: <a href=\"/readyz\">/readyz</a>.</p></body></html>\n",
-    );
-    html
 }
 
 const HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -359,7 +393,7 @@ mod tests {
                 seconds: 60.0,
             },
             recent_rate: None,
-            db: Arc::new(DbPart {
+            db: Some(Arc::new(DbPart {
                 user_logins: Ok(110),
                 quarantined: Err("permission denied <x>".into()),
                 keys: Ok(vec![KeyLine {
@@ -375,7 +409,7 @@ mod tests {
                 }]),
                 ips: Ok(vec![]),
                 read_at: Utc::now(),
-            }),
+            })),
             at: Utc::now(),
         }
     }

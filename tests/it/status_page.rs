@@ -202,13 +202,19 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_blocked_scan_is_cancelled_by_postgres_and_the_rest_of_the_page_still_renders() {
+async fn views_never_wait_for_a_blocked_scan_and_postgres_cancels_it() {
     let s = Setup::new().await;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let consumer = s
-        .etl
-        .spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
+    let consumer = s.etl.spawn(&[
+        "run",
+        "--wait-time-secs",
+        "1",
+        "--metrics-addr",
+        &addr,
+        "--status-timeout-secs",
+        "2",
+    ]);
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -216,41 +222,51 @@ async fn a_blocked_scan_is_cancelled_by_postgres_and_the_rest_of_the_page_still_
         }
     }
 
-    // The duplicate groups wait on a lock the test holds: Postgres cancels them after the page
-    // pool's statement_timeout (5 s), and the other parts render regardless.
+    // The duplicate scans wait on a lock the test holds. The first view waits 3 s at most for
+    // the first read, then renders what this process knows and says the rest is being read.
     let lock = s.db.block_user_logins().await;
     let started = std::time::Instant::now();
     let (status, page) = http_get(port, "/");
-    let took = started.elapsed();
     assert_eq!(status, 200);
     assert!(
-        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
-        "{took:?}"
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
-    assert_eq!(
-        page.matches("class=\"unavailable\"").count(),
-        2,
-        "devices and IPs: {page}"
-    );
+    assert!(page.contains("id=\"db-pending\""), "{page}");
+    assert!(page.contains("<td id=\"received\">0</td>"), "{page}");
+
+    // Postgres cancels each scan after --status-timeout-secs; the next views show the figures
+    // that could be read and say which could not.
+    let mut page = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        page = http_get(port, "/").1;
+        if !page.contains("db-pending") {
+            break;
+        }
+    }
     assert_eq!(
         page.matches("canceling statement due to statement timeout")
             .count(),
         2,
-        "{page}"
+        "devices and IPs: {page}"
     );
     assert!(page.contains("<td id=\"quarantine\">0</td>"), "{page}");
     assert!(
         page.contains("<td>seal</td><td>1</td><td>active</td>"),
         "{page}"
     );
-    // Cancelled server-side: nothing of the page's is still waiting on the lock.
     let waiting =
         s.db.count(
             "SELECT count(*) FROM pg_stat_activity
              WHERE query LIKE '%shared_tokens%' AND state = 'active' AND pid <> pg_backend_pid()",
         )
         .await;
-    assert_eq!(waiting, 0);
+    assert_eq!(
+        waiting, 0,
+        "cancelled by the server, not abandoned by the client"
+    );
     drop(lock);
 
     let out = crate::support::sigterm(consumer).await;
