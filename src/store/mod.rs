@@ -62,7 +62,15 @@ pub enum StoreError {
 impl StoreError {
     /// Classifies a sqlx error raised while doing `what`.
     pub fn from_sqlx(what: &'static str, error: sqlx::Error) -> StoreError {
-        let detail = error.to_string();
+        // The server's own message and code: sqlx's Display appends the line of Postgres's C
+        // source that raised it, which means nothing to an operator.
+        let detail = match &error {
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+                None => db.message().to_owned(),
+            },
+            other => other.to_string(),
+        };
         match &error {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
