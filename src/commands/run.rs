@@ -105,7 +105,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             // A connection of its own: the status page's scans never take a writer's.
             let page_timeout = Duration::from_secs(args.status_timeout_secs);
             let page_pool = ctx.bounded_pool(1, page_timeout).await?;
-            let served = Served::new(counters.clone(), pool, (page_pool, page_timeout), queue);
+            let served = Served::new(counters.clone(), pool, page_pool, page_timeout, queue);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,

@@ -52,7 +52,8 @@ impl Served {
     pub fn new(
         counters: Arc<Counters>,
         pool: PgPool,
-        (page_pool, page_timeout): (PgPool, Duration),
+        page_pool: PgPool,
+        page_timeout: Duration,
         queue: Option<SqsQueue>,
     ) -> Served {
         Served {

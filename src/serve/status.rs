@@ -276,10 +276,7 @@ fn render_db(html: &mut String, db: &DbPart) {
     match &db.keys {
         Err(why) => unavailable(html, why),
         Ok(keys) => {
-            html.push_str(
-                "<table id=\"keys\"><thead><tr><th>purpose</th><th>version</th><th>state</th>\
-                 <th>created</th></tr></thead><tbody>",
-            );
+            table_head(html, "keys", &["purpose", "version", "state", "created"]);
             for k in keys {
                 let _ = write!(
                     html,
@@ -305,11 +302,7 @@ fn render_db(html: &mut String, db: &DbPart) {
                 let _ = write!(html, "<p id=\"{id}\" class=\"none\">None.</p>");
             }
             Ok(groups) => {
-                let _ = write!(
-                    html,
-                    "<table id=\"{id}\"><thead><tr><th>token</th><th>users</th><th>logins</th>\
-                     </tr></thead><tbody>"
-                );
+                table_head(html, id, &["token", "users", "logins"]);
                 for g in groups {
                     let _ = write!(
                         html,
@@ -334,6 +327,15 @@ td{font-variant-numeric:tabular-nums}tbody tr:nth-child(odd){background:#f4f4f4}
 .token{font-family:monospace}.meta{color:#666}.unavailable{color:#a40}\
 tr.active td:nth-child(3){color:#070;font-weight:bold}tr.retired{color:#999}\
 </style></head><body><h1>piivault status</h1>";
+
+/// Opens a table with a header row; the caller writes the rows and closes it.
+fn table_head(html: &mut String, id: &str, columns: &[&str]) {
+    let _ = write!(html, "<table id=\"{id}\"><thead><tr>");
+    for c in columns {
+        let _ = write!(html, "<th>{c}</th>");
+    }
+    html.push_str("</tr></thead><tbody>");
+}
 
 fn part<T>(value: &Part<T>, show: impl Fn(&T) -> String) -> String {
     match value {
