@@ -121,7 +121,7 @@ fi
 
 if want sqs; then
 echo "SQS on the emulator" >&2
-# moto slows as a queue deepens (DESIGN §6): the messages go in rounds of $round, each seeded and
+# moto slows as a queue deepens (docs/ARCHITECTURE.md, "The SQS/KMS emulator"): the messages go in rounds of $round, each seeded and
 # then drained by both consumers in turn, so neither meets a deep queue. Times are the consumers'
 # own (seeding excluded); both include one final empty long poll (1 s) per round.
 fresh_db piivault_bench_sqs

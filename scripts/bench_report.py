@@ -61,7 +61,7 @@ for r in find("keys "):
 
 ideal, drain = one("ideal consumer"), one("etl run --drain")
 if ideal or drain:
-    print("\n### SQS on the emulator (bounded by the emulator, DESIGN §6)\n")
+    print("\n### SQS on the emulator (bounded by the emulator, see docs/ARCHITECTURE.md)\n")
     print("| consumer | messages | wall s | msgs/s | × ideal | CPU µs/msg |")
     print("|---|---:|---:|---:|---:|---:|")
 if ideal:

@@ -3,7 +3,7 @@
 Used by scripts/stack.sh for tests and the demo; never for production. One process holds all
 state in memory, so exactly one must serve the port.
 
-Patches (see ../shared/DESIGN.md section 6):
+Patches (why and how: docs/ARCHITECTURE.md, section "The SQS/KMS emulator"):
 1. Speed: moto.sqs.models calls a datetime-based clock (~20 us) for every message on every scan,
    and every SendMessage recomputes all queue attributes (three scans over the queue) only to read
    ContentBasedDeduplication. We swap in time.time()-based clocks and, inside the send path,

@@ -6,7 +6,7 @@
 #   scripts/stack.sh queue N  creates queue N on the emulator (idempotent) and prints its URL
 #   scripts/stack.sh tools    test-only tools: Debian's chromium (the status page's test) and a
 #                             virtualenv .venv-tools with the manifest validator (check_deploy.py)
-# Development only. See DESIGN.md section 6 for why moto (not LocalStack) and its two patches.
+# Development only. docs/ARCHITECTURE.md ("The SQS/KMS emulator") says why moto (not LocalStack) and what its two patches fix.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"

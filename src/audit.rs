@@ -1,30 +1,13 @@
-//! The audit trail: appending a chained row in the caller's transaction, and checking the chain.
-//! Rows come from [`store::audit`], links from [`crypto::chain`]; this module only joins them.
+//! The audit trail: appending a row (the server chains it) and checking the chain. Rows come
+//! from [`store::audit`], links from [`crypto::chain`]; this module only joins them.
 
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::{Postgres, Transaction};
 
-use crate::crypto::chain::{self, AuditFields};
+use crate::crypto::chain::{self, AuditFields, Concerned};
 use crate::store::{self, StoreError, audit::AuditRow};
 
-/// What one audited access did.
-pub struct Entry<'a> {
-    /// OS account running the command.
-    pub actor: &'a str,
-    /// `reveal` or `erase`.
-    pub action: &'a str,
-    /// How the records were chosen and the value used, e.g. `user_id=…`, `token=v1:…` (never a
-    /// revealed value).
-    pub selector: &'a str,
-    /// The user, when the selector names one.
-    pub user_id: Option<&'a str>,
-    /// Ticket reference, if given.
-    pub ticket: Option<&'a str>,
-    /// Why, verbatim.
-    pub reason: &'a str,
-    /// Records revealed or erased.
-    pub records: i32,
-}
+pub use crate::store::audit::AppendRequest as Entry;
 
 fn timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -45,40 +28,31 @@ fn fields<'a>(row: &'a AuditRow, at: &'a str) -> AuditFields<'a> {
     }
 }
 
-/// Appends one chained row in `tx`; returns its id. Appends are serialised by a lock held until
-/// the transaction ends, so the chain has a single order.
+/// The hash a row should carry, in the format it was written in.
+fn expected_hash(row: &AuditRow, prev: &[u8]) -> Option<[u8; 32]> {
+    let at = timestamp(&row.at);
+    let fields = fields(row, &at);
+    match row.chain_format {
+        1 => Some(chain::link(prev, &fields)),
+        2 => Some(chain::link_v2(
+            prev,
+            &fields,
+            row.at.timestamp_micros(),
+            Concerned {
+                subjects: row.subjects.as_deref(),
+                records_digest: row.records_digest.as_deref(),
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Appends one server-chained row in `tx` (`vault.audit_append()`); returns its id.
 pub async fn append(
     tx: &mut Transaction<'_, Postgres>,
     entry: &Entry<'_>,
 ) -> Result<i64, StoreError> {
-    let head = store::audit::head(tx).await?;
-    // Postgres keeps microseconds: hash exactly what is stored.
-    let now = Utc::now();
-    let at = now
-        .with_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now);
-    let mut row = AuditRow {
-        id: head.id,
-        at,
-        db_role: head.db_role,
-        actor: entry.actor.to_owned(),
-        action: entry.action.to_owned(),
-        selector: Some(entry.selector.to_owned()),
-        user_id: entry.user_id.map(str::to_owned),
-        ticket: entry.ticket.map(str::to_owned),
-        reason: entry.reason.to_owned(),
-        records: entry.records,
-        prev_hash: Some(head.prev_hash),
-        hash: None,
-    };
-    let at_text = timestamp(&row.at);
-    let hash = chain::link(
-        row.prev_hash.as_deref().unwrap_or_default(),
-        &fields(&row, &at_text),
-    );
-    row.hash = Some(hash.to_vec());
-    store::audit::append(tx, &row).await?;
-    Ok(row.id)
+    store::audit::append(tx, entry).await
 }
 
 /// What `etl audit verify` found.
@@ -94,8 +68,9 @@ pub struct ChainReport {
     pub head: Option<String>,
 }
 
-/// Recomputes every link in id order.
-pub fn verify(rows: &[AuditRow]) -> ChainReport {
+/// Recomputes every link in id order; `head` is the server's record of the last row appended
+/// (`vault.audit_head`), which shows a deletion of the newest rows.
+pub fn verify(rows: &[AuditRow], head: Option<(i64, &[u8])>) -> ChainReport {
     let mut report = ChainReport {
         rows: rows.len(),
         ..ChainReport::default()
@@ -119,11 +94,27 @@ pub fn verify(rows: &[AuditRow]) -> ChainReport {
                 "the previous row was deleted, replaced or reordered",
             ));
         }
-        let at = timestamp(&row.at);
-        if chain::link(claimed_prev, &fields(row, &at)) != hash {
-            report.broken.push((row.id, "the row was edited"));
+        match expected_hash(row, claimed_prev) {
+            Some(expected) if expected == hash => {}
+            Some(_) => report.broken.push((row.id, "the row was edited")),
+            None => report.broken.push((row.id, "unknown chain format")),
         }
         prev = Some(hash);
+    }
+    if let Some((head_id, head_hash)) = head {
+        let last = rows
+            .last()
+            .map(|r| (r.id, r.hash.as_deref().unwrap_or_default()));
+        let matches = match last {
+            Some((id, hash)) => id == head_id && hash == head_hash,
+            None => head_id == 0,
+        };
+        if !matches {
+            report.broken.push((
+                head_id,
+                "the newest rows were deleted or added outside vault.audit_append()",
+            ));
+        }
     }
     report.head = prev.map(hex::encode);
     report

@@ -75,7 +75,8 @@ pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
             Ok(())
         }
         AuditVerb::Verify => {
-            let report = audit::verify(&store::audit::list(&pool, None).await?);
+            let (rows, (head_id, head_hash)) = store::audit::chain(&pool).await?;
+            let report = audit::verify(&rows, Some((head_id, &head_hash)));
             for (id, why) in &report.broken {
                 eprintln!("error: audit row {id}: {why}");
             }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::reveal::{check_reason, os_user};
 use super::{Context, print_line};
 use crate::audit::{self, Entry};
-use crate::crypto::{Field, Purpose, Sealed};
+use crate::crypto::{Field, Purpose, Sealed, chain};
 use crate::error::Error;
 use crate::store::{self, StoreError};
 use crate::{event, keystore};
@@ -61,6 +61,8 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
     }
     let quarantine = store::quarantine::remove_all(&mut tx, &theirs).await?;
     let selector = format!("user_id={}", args.user_id);
+    let subjects = [args.user_id.clone()];
+    let digest = chain::records_digest(vault.iter().chain(&theirs).map(String::as_str));
     let entry = Entry {
         actor: &os_user(),
         action: "erase",
@@ -68,12 +70,14 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
         user_id: Some(&args.user_id),
         ticket: args.ticket.as_deref(),
         reason: &args.reason,
-        records: (vault + quarantine) as i32,
+        records: (vault.len() as u64 + quarantine) as i32,
+        subjects: Some(&subjects),
+        records_digest: Some(&digest),
     };
     let audit_id = audit::append(&mut tx, &entry).await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the erasure"))?;
     tracing::info!(audit_id, "erasure committed");
-    print_line(&json!({"erased": {"user_logins": logins, "vault": vault, "quarantine": quarantine}, "audit_id": audit_id}).to_string())
+    print_line(&json!({"erased": {"user_logins": logins, "vault": vault.len(), "quarantine": quarantine}, "audit_id": audit_id}).to_string())
 }

@@ -1,18 +1,18 @@
 //! `etl reveal`: record who looked and why, then open the originals of the selected records.
 //!
-//! The audit row and the vault read share one transaction, committed before anything is printed:
-//! if the audit cannot be written, nothing is revealed.
+//! Sealed values are readable only through `vault.reveal()`, which appends the audit row and
+//! returns the records in one statement, committed before anything is opened or printed: if the
+//! audit cannot be written, nothing is revealed, whatever client is used.
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Context, output, print_line};
-use crate::audit::{self, Entry};
 use crate::crypto::{Field, Keyring, OpenFailed, Purpose, Sealed};
 use crate::error::Error;
 use crate::keystore;
-use crate::store::vault::{Selector, VaultRow};
-use crate::store::{self, StoreError};
+use crate::store;
+use crate::store::vault::{RevealRequest, Selector, VaultRow};
 
 /// Shortest accepted `--reason`: a word or two is not a reason an auditor can act on.
 pub const MIN_REASON_CHARS: usize = 8;
@@ -59,11 +59,11 @@ struct Revealed {
 }
 
 impl RevealArgs {
-    fn selector(&self) -> (Selector<'_>, String) {
+    fn selector(&self) -> Selector<'_> {
         match (&self.user_id, &self.message_id, &self.token) {
-            (Some(u), _, _) => (Selector::User(u), format!("user_id={u}")),
-            (_, Some(m), _) => (Selector::Message(m), format!("message_id={m}")),
-            (_, _, Some(t)) => (Selector::Token(t), format!("token={t}")),
+            (Some(u), _, _) => Selector::User(u),
+            (_, Some(m), _) => Selector::Message(m),
+            (_, _, Some(t)) => Selector::Token(t),
             _ => unreachable!("clap requires one selector"),
         }
     }
@@ -79,32 +79,20 @@ pub fn check_reason(reason: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Audits, commits, then prints the opened records.
+/// Reveals through the database (which audits and commits first), then opens and prints.
 pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
     check_reason(&args.reason)?;
     let pool = ctx.auditor_pool().await?;
     // Seal keys only: the auditor's KMS grant can exclude the token keys.
     let keys = keystore::load_only(&pool, &ctx.kek().await?, Some(Purpose::Seal)).await?;
-    let (selector, selected) = args.selector();
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(StoreError::during("starting a transaction"))?;
-    let rows = store::vault::find(&mut tx, &selector).await?;
     let actor = os_user();
-    let entry = Entry {
-        actor: &actor,
-        action: "reveal",
-        selector: &selected,
-        user_id: args.user_id.as_deref(),
-        ticket: args.ticket.as_deref(),
+    let request = RevealRequest {
+        selector: args.selector(),
         reason: &args.reason,
-        records: rows.len() as i32,
+        ticket: args.ticket.as_deref(),
+        actor: &actor,
     };
-    let audit_id = audit::append(&mut tx, &entry).await?;
-    tx.commit()
-        .await
-        .map_err(StoreError::during("committing the reveal audit row"))?;
+    let (audit_id, rows) = store::vault::reveal(&pool, &request).await?;
     tracing::info!(audit_id, records = rows.len(), "reveal audited");
 
     let total = rows.len();
@@ -115,7 +103,12 @@ pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
             Ok(record) => opened.push(record),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {e}");
+                tracing::error!(
+                    message_id = %e.message_id,
+                    field = e.field,
+                    key_version = e.key_version,
+                    "{e}"
+                );
             }
         }
     }

@@ -1,5 +1,10 @@
-//! The audit trail's hash chain: `hash_n = SHA-256(hash_{n-1} || canonical JSON of row n)`.
+//! The audit trail's hash chain: `hash_n = SHA-256(hash_{n-1} || encoding of row n)`.
 //! A deleted, edited or reordered row breaks every later link.
+//!
+//! Two encodings exist. Format 1 (rows written by `etl` before migration 0009) is the row's
+//! fields as JSON. Format 2 (every row since) is computed by the server in
+//! `vault.audit_row_hash()`: each field length-prefixed, so no two rows encode alike. Both are
+//! recomputed here, so verification never trusts the database's own arithmetic.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -20,12 +25,79 @@ pub struct AuditFields<'a> {
     pub records: i32,
 }
 
-/// The hash of a row given the previous row's hash (empty for the first row).
+/// The fields format 2 adds: whose records, and a digest of which.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Concerned<'a> {
+    /// Distinct user ids the access concerned.
+    pub subjects: Option<&'a [String]>,
+    /// SHA-256 over the message ids concerned.
+    pub records_digest: Option<&'a [u8]>,
+}
+
+/// The hash of a format-1 row given the previous row's hash (empty for the first row).
 pub fn link(prev: &[u8], fields: &AuditFields<'_>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(prev);
     hasher.update(serde_json::to_vec(fields).expect("audit fields serialise"));
     hasher.finalize().into()
+}
+
+/// Domain tag hashed first in every format-2 row.
+const FORMAT_2_TAG: &str = "piivault-audit-2";
+
+/// One length-prefixed field, as `vault.audit_field()` encodes it (NULL is length -1).
+fn field(hasher: &mut Sha256, value: Option<&str>) {
+    match value {
+        None => hasher.update((-1i32).to_be_bytes()),
+        Some(v) => {
+            hasher.update((v.len() as i32).to_be_bytes());
+            hasher.update(v.as_bytes());
+        }
+    }
+}
+
+/// The hash of a format-2 row; `at_micros` is its time in microseconds since the Unix epoch.
+pub fn link_v2(
+    prev: &[u8],
+    fields: &AuditFields<'_>,
+    at_micros: i64,
+    concerned: Concerned<'_>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    field(&mut h, Some(FORMAT_2_TAG));
+    field(&mut h, Some(&fields.id.to_string()));
+    field(&mut h, Some(&at_micros.to_string()));
+    field(&mut h, Some(fields.db_role));
+    field(&mut h, Some(fields.actor));
+    field(&mut h, Some(fields.action));
+    field(&mut h, fields.selector);
+    field(&mut h, fields.user_id);
+    field(&mut h, fields.ticket);
+    field(&mut h, Some(fields.reason));
+    field(&mut h, Some(&fields.records.to_string()));
+    match concerned.subjects {
+        None => field(&mut h, None),
+        Some(subjects) => {
+            field(&mut h, Some(&subjects.len().to_string()));
+            for s in subjects {
+                field(&mut h, Some(s));
+            }
+        }
+    }
+    field(&mut h, concerned.records_digest.map(hex::encode).as_deref());
+    h.finalize().into()
+}
+
+/// The digest of a set of message ids, as `vault.records_digest()` computes it.
+pub fn records_digest<'a>(ids: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut h = Sha256::new();
+    for id in ids {
+        field(&mut h, Some(id));
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -70,5 +142,44 @@ mod tests {
                 }
             )
         );
+    }
+
+    #[test]
+    fn format_2_separates_fields_and_binds_subjects_and_digest() {
+        let subjects = vec!["u1".to_owned(), "u2".to_owned()];
+        let digest = records_digest(["m2", "m1"]);
+        let concerned = Concerned {
+            subjects: Some(&subjects),
+            records_digest: Some(&digest),
+        };
+        let base = link_v2(&[], &fields("fraud check"), 7, concerned);
+        assert_eq!(base, link_v2(&[], &fields("fraud check"), 7, concerned));
+        assert_ne!(base, link_v2(&[], &fields("fraud check"), 8, concerned));
+        // Moving text between adjacent fields changes the hash (length prefixes).
+        let shifted = AuditFields {
+            actor: "alic",
+            db_role: "auditore",
+            ..fields("fraud check")
+        };
+        assert_ne!(base, link_v2(&[], &shifted, 7, concerned));
+        let one = vec!["u1".to_owned()];
+        assert_ne!(
+            base,
+            link_v2(
+                &[],
+                &fields("fraud check"),
+                7,
+                Concerned {
+                    subjects: Some(&one),
+                    ..concerned
+                }
+            )
+        );
+        assert_ne!(
+            base,
+            link_v2(&[], &fields("fraud check"), 7, Concerned::default())
+        );
+        assert_eq!(digest, records_digest(["m1", "m2"]), "order-independent");
+        assert_ne!(digest, records_digest(["m1"]));
     }
 }

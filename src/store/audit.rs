@@ -1,6 +1,7 @@
-//! `vault.reveal_audit`: the append-only trail of reveals and erasures, written in the same
-//! transaction as the access it records. Hashing lives in `crypto::chain`; this module only
-//! stores and reads rows.
+//! `vault.reveal_audit`: the append-only trail of reveals, erasures and key jobs. The server
+//! writes every row (`vault.audit_append()` / `vault.reveal()`, migration 0009): id, time,
+//! database role and hash are never the client's. This module calls those functions and reads
+//! rows back; hashing for verification lives in `crypto::chain`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -8,9 +9,6 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::StoreError;
 
 type Tx<'a> = Transaction<'a, Postgres>;
-
-/// Advisory lock serialising appends, so the chain has one order ("audit" in ASCII).
-const CHAIN_LOCK: i64 = 0x0061_7564_6974;
 
 /// One stored audit row.
 #[derive(Debug, sqlx::FromRow)]
@@ -25,66 +23,54 @@ pub struct AuditRow {
     pub ticket: Option<String>,
     pub reason: String,
     pub records: i32,
+    pub subjects: Option<Vec<String>>,
+    pub records_digest: Option<Vec<u8>>,
     pub prev_hash: Option<Vec<u8>>,
     pub hash: Option<Vec<u8>>,
+    /// 1: hashed by an `etl` client (before migration 0009); 2: hashed by the server.
+    pub chain_format: i16,
 }
 
-/// Where the next row goes: its id, the database role writing it, and the previous row's hash.
-pub struct ChainHead {
-    pub id: i64,
-    pub db_role: String,
-    pub prev_hash: Vec<u8>,
+const COLUMNS: &str = "id, at, db_role, actor, action, selector, user_id, ticket, reason, records,
+     subjects, records_digest, prev_hash, hash, chain_format";
+
+/// What an admin job records (reveals are recorded by `vault.reveal()` itself).
+pub struct AppendRequest<'a> {
+    /// `erase`, `reencrypt`, `retokenize`, `verify`, `replay`, `retire` or `rewrap`.
+    pub action: &'a str,
+    /// How the records were chosen (never a revealed value).
+    pub selector: &'a str,
+    /// The user, when the selector names one.
+    pub user_id: Option<&'a str>,
+    /// Ticket reference, if given.
+    pub ticket: Option<&'a str>,
+    /// Why, verbatim (at least 8 characters; the server checks).
+    pub reason: &'a str,
+    /// OS account running the command (informational; the server records `session_user`).
+    pub actor: &'a str,
+    /// Records concerned.
+    pub records: i32,
+    /// Distinct users concerned, when known.
+    pub subjects: Option<&'a [String]>,
+    /// SHA-256 over the message ids concerned, when known.
+    pub records_digest: Option<&'a [u8]>,
 }
 
-/// Locks the chain for this transaction and returns where the next row goes.
-pub async fn head(tx: &mut Tx<'_>) -> Result<ChainHead, StoreError> {
-    let during = StoreError::during;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CHAIN_LOCK)
-        .execute(&mut **tx)
+/// Appends one server-chained row in `tx`; returns its id.
+pub async fn append(tx: &mut Tx<'_>, row: &AppendRequest<'_>) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT vault.audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(row.action)
+        .bind(row.selector)
+        .bind(row.user_id)
+        .bind(row.ticket)
+        .bind(row.reason)
+        .bind(row.actor)
+        .bind(row.records)
+        .bind(row.subjects)
+        .bind(row.records_digest)
+        .fetch_one(&mut **tx)
         .await
-        .map_err(during("locking the audit chain"))?;
-    let prev_hash: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT hash FROM vault.reveal_audit ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(during("reading the audit chain"))?
-            .flatten();
-    let (id, db_role): (i64, String) =
-        sqlx::query_as("SELECT nextval('vault.reveal_audit_id_seq'), session_user::text")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(during("writing the audit row"))?;
-    Ok(ChainHead {
-        id,
-        db_role,
-        prev_hash: prev_hash.unwrap_or_default(),
-    })
-}
-
-/// Appends one row (its hash computed by the caller).
-pub async fn append(tx: &mut Tx<'_>, row: &AuditRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO vault.reveal_audit
-           (id, at, db_role, actor, action, selector, user_id, ticket, reason, records, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(row.id)
-    .bind(row.at)
-    .bind(&row.db_role)
-    .bind(&row.actor)
-    .bind(&row.action)
-    .bind(&row.selector)
-    .bind(&row.user_id)
-    .bind(&row.ticket)
-    .bind(&row.reason)
-    .bind(row.records)
-    .bind(&row.prev_hash)
-    .bind(&row.hash)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::during("writing the audit row"))?;
-    Ok(())
+        .map_err(StoreError::during("writing the audit row"))
 }
 
 /// Every row since `since` (all when `None`), in chain order.
@@ -92,12 +78,40 @@ pub async fn list(
     pool: &PgPool,
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<AuditRow>, StoreError> {
-    sqlx::query_as(
-        "SELECT id, at, db_role, actor, action, selector, user_id, ticket, reason, records, prev_hash, hash
-         FROM vault.reveal_audit WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM vault.reveal_audit
+         WHERE $1::timestamptz IS NULL OR at >= $1 ORDER BY id"
+    )))
     .bind(since)
     .fetch_all(pool)
     .await
     .map_err(StoreError::during("reading vault.reveal_audit"))
+}
+
+/// Every row and the chain head the server keeps (`vault.audit_head`: the last id and hash it
+/// appended), read from one snapshot so a concurrent append cannot look like tampering.
+pub async fn chain(pool: &PgPool) -> Result<(Vec<AuditRow>, (i64, Vec<u8>)), StoreError> {
+    let during = StoreError::during;
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(during("starting a transaction"))?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(during("starting a snapshot of the audit trail"))?;
+    let head = sqlx::query_as("SELECT id, hash FROM vault.audit_head WHERE only_row")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(during("reading vault.audit_head"))?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM vault.reveal_audit ORDER BY id"
+    )))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(during("reading vault.reveal_audit"))?;
+    tx.commit()
+        .await
+        .map_err(during("ending the audit snapshot"))?;
+    Ok((rows, head))
 }

@@ -177,3 +177,44 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         Err(e) => Err(StoreError::Migrate(e.to_string())),
     }
 }
+
+/// What [`close_public_schema`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicSchema {
+    /// PUBLIC could not create in `public`: nothing to do.
+    AlreadyClosed,
+    /// PUBLIC could; the privilege is revoked now.
+    Closed,
+    /// PUBLIC can, and this login may not revoke it (it does not own the schema).
+    StillOpen,
+}
+
+async fn public_may_create(pool: &PgPool) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n,
+                               pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a
+                        WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::during("reading the privileges of schema public"))
+}
+
+/// Revokes `CREATE` on schema `public` from `PUBLIC` when it is granted.
+pub async fn close_public_schema(pool: &PgPool) -> Result<PublicSchema, StoreError> {
+    if !public_may_create(pool).await? {
+        return Ok(PublicSchema::AlreadyClosed);
+    }
+    // A login that does not own the schema gets a warning from Postgres, not an error: check.
+    sqlx::query("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .execute(pool)
+        .await
+        .map_err(StoreError::during(
+            "revoking CREATE on schema public from PUBLIC",
+        ))?;
+    Ok(if public_may_create(pool).await? {
+        PublicSchema::StillOpen
+    } else {
+        PublicSchema::Closed
+    })
+}

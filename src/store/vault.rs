@@ -1,7 +1,8 @@
-//! `vault.login_pii` reads for reveal and erase. Writes happen in [`super::writer`].
+//! `vault.login_pii` for reveal (through `vault.reveal()`) and erase. Writes happen in
+//! [`super::writer`].
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use super::StoreError;
 
@@ -18,6 +19,14 @@ pub struct VaultRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// One row `vault.reveal()` returns: the audit row's id beside each record.
+#[derive(sqlx::FromRow)]
+struct RevealedRow {
+    audit_id: i64,
+    #[sqlx(flatten)]
+    row: VaultRow,
+}
+
 /// Which vault rows a reveal or erase concerns.
 pub enum Selector<'a> {
     /// Every row of one user.
@@ -28,40 +37,63 @@ pub enum Selector<'a> {
     Token(&'a str),
 }
 
-const COLUMNS: &str =
-    "p.message_id, p.user_id, p.key_version, p.ip_sealed, p.device_id_sealed, p.created_at";
+impl Selector<'_> {
+    /// The selector's name in `vault.reveal()` and the audit trail.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Selector::User(_) => "user_id",
+            Selector::Message(_) => "message_id",
+            Selector::Token(_) => "token",
+        }
+    }
 
-/// The selected rows, oldest first.
-pub async fn find(tx: &mut Tx<'_>, selector: &Selector<'_>) -> Result<Vec<VaultRow>, StoreError> {
-    let (sql, value) = match selector {
-        Selector::User(v) => (
-            format!("SELECT {COLUMNS} FROM vault.login_pii p WHERE p.user_id = $1"),
-            v,
-        ),
-        Selector::Message(v) => (
-            format!("SELECT {COLUMNS} FROM vault.login_pii p WHERE p.message_id = $1"),
-            v,
-        ),
-        Selector::Token(v) => (
-            format!(
-                "SELECT {COLUMNS} FROM vault.login_pii p JOIN user_logins u USING (message_id)
-                 WHERE u.masked_ip = $1 OR u.masked_device_id = $1"
-            ),
-            v,
-        ),
-    };
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{sql} ORDER BY p.created_at, p.message_id"
-    )))
-    .bind(*value)
-    .fetch_all(&mut **tx)
+    /// The value selected by.
+    pub fn value(&self) -> &str {
+        match self {
+            Selector::User(v) | Selector::Message(v) | Selector::Token(v) => v,
+        }
+    }
+}
+
+/// Why and by whom a reveal is made; the server records it with its own time and role.
+pub struct RevealRequest<'a> {
+    /// Which records.
+    pub selector: Selector<'a>,
+    /// Why, verbatim.
+    pub reason: &'a str,
+    /// Ticket reference, if given.
+    pub ticket: Option<&'a str>,
+    /// OS account running the command (informational).
+    pub actor: &'a str,
+}
+
+/// Reveals through `vault.reveal()`: one statement appends the audit row and returns the
+/// selected rows, oldest first, committed before this returns. Returns the audit row's id (none
+/// when nothing matched and the server returned no row) and the rows.
+pub async fn reveal(
+    pool: &PgPool,
+    request: &RevealRequest<'_>,
+) -> Result<(Option<i64>, Vec<VaultRow>), StoreError> {
+    let rows: Vec<RevealedRow> = sqlx::query_as(
+        "SELECT audit_id, message_id, user_id, key_version, ip_sealed, device_id_sealed, created_at
+         FROM vault.reveal($1, $2, $3, $4, $5)",
+    )
+    .bind(request.selector.name())
+    .bind(request.selector.value())
+    .bind(request.reason)
+    .bind(request.ticket)
+    .bind(request.actor)
+    .fetch_all(pool)
     .await
-    .map_err(StoreError::during("reading vault.login_pii"))
+    .map_err(StoreError::during("revealing through vault.reveal()"))?;
+    let audit_id = rows.first().map(|r| r.audit_id);
+    let rows = rows.into_iter().map(|r| r.row).collect();
+    Ok((audit_id, rows))
 }
 
 /// Deletes one user's rows from the vault, the token staging table and the analysts' table;
-/// returns (vault rows, user_logins rows) deleted.
-pub async fn erase_user(tx: &mut Tx<'_>, user_id: &str) -> Result<(u64, u64), StoreError> {
+/// returns the message ids of the vault rows and the number of user_logins rows deleted.
+pub async fn erase_user(tx: &mut Tx<'_>, user_id: &str) -> Result<(Vec<String>, u64), StoreError> {
     let during = StoreError::during;
     sqlx::query(
         "DELETE FROM etl.token_next WHERE message_id IN (SELECT message_id FROM vault.login_pii WHERE user_id = $1)",
@@ -70,15 +102,16 @@ pub async fn erase_user(tx: &mut Tx<'_>, user_id: &str) -> Result<(u64, u64), St
     .execute(&mut **tx)
     .await
     .map_err(during("erasing from etl.token_next"))?;
-    let vault = sqlx::query("DELETE FROM vault.login_pii WHERE user_id = $1")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(during("erasing from vault.login_pii"))?;
+    let vault: Vec<String> =
+        sqlx::query_scalar("DELETE FROM vault.login_pii WHERE user_id = $1 RETURNING message_id")
+            .bind(user_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(during("erasing from vault.login_pii"))?;
     let logins = sqlx::query("DELETE FROM user_logins WHERE user_id = $1")
         .bind(user_id)
         .execute(&mut **tx)
         .await
         .map_err(during("erasing from user_logins"))?;
-    Ok((vault.rows_affected(), logins.rows_affected()))
+    Ok((vault, logins.rows_affected()))
 }

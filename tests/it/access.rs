@@ -1,28 +1,10 @@
 //! Access control with real login users per role, separate auditor credentials, the
 //! tamper-evident audit trail, reveal selectors and erasure.
 
-use sqlx::PgPool;
-
-use crate::support::{Run, Setup, sample_path};
+use crate::support::{DENIED, Run, Setup, attempt, sample_path};
 
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const USER_IP: &str = "199.172.111.135";
-
-/// The SQLSTATE of a statement run as `url`, or "ok".
-async fn attempt(url: &str, sql: &str) -> String {
-    let pool = PgPool::connect(url).await.unwrap();
-    let result = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&pool)
-        .await;
-    pool.close().await;
-    match result {
-        Ok(_) => "ok".into(),
-        Err(sqlx::Error::Database(e)) => e.code().unwrap_or_default().into_owned(),
-        Err(e) => panic!("{sql}: {e}"),
-    }
-}
-
-const DENIED: &str = "42501";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_them() {
@@ -150,15 +132,16 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         DENIED
     );
 
-    // No audit, no reveal: with the insert privilege gone, nothing is printed.
-    sqlx::query("REVOKE INSERT ON vault.reveal_audit FROM piivault_auditor")
+    // No audit, no reveal: when the server cannot append the audit row, vault.reveal() fails as
+    // a whole and nothing is printed.
+    sqlx::query("REVOKE INSERT ON vault.reveal_audit FROM piivault_definer")
         .execute(&s.db.pool)
         .await
         .unwrap();
     let refused = auditor
         .run(&["reveal", "--user-id", USER, "--reason", "should not print"])
         .await;
-    sqlx::query("GRANT INSERT ON vault.reveal_audit TO piivault_auditor")
+    sqlx::query("GRANT INSERT ON vault.reveal_audit TO piivault_definer")
         .execute(&s.db.pool)
         .await
         .unwrap();
@@ -344,9 +327,22 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
     assert_eq!(entries[1]["selector"], format!("token={token}"));
     assert!(!list.stdout.contains(USER_IP) && !list.stdout.contains("dev-g"));
 
+    // The trail is append-only even for its owner, unless the owner turns the rule off
+    // deliberately (here: a superuser's session_replication_role); the chain then shows it.
+    assert!(
+        sqlx::query("UPDATE vault.reveal_audit SET reason = 'nothing to see' WHERE id = 2")
+            .execute(&s.db.pool)
+            .await
+            .is_err()
+    );
+    let mut owner = s.db.pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *owner)
+        .await
+        .unwrap();
     // Edit a row: detected. Restore it, delete a row: detected.
     sqlx::query("UPDATE vault.reveal_audit SET reason = 'nothing to see' WHERE id = 2")
-        .execute(&s.db.pool)
+        .execute(&mut *owner)
         .await
         .unwrap();
     let edited = s.etl.run(&["audit", "verify"]).await;
@@ -357,12 +353,12 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         edited.stderr
     );
     sqlx::query("UPDATE vault.reveal_audit SET reason = 'duplicate device case' WHERE id = 2")
-        .execute(&s.db.pool)
+        .execute(&mut *owner)
         .await
         .unwrap();
     s.etl.run(&["audit", "verify"]).await.json();
     sqlx::query("DELETE FROM vault.reveal_audit WHERE id = 2")
-        .execute(&s.db.pool)
+        .execute(&mut *owner)
         .await
         .unwrap();
     let deleted = s.etl.run(&["audit", "verify"]).await;
@@ -374,6 +370,19 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         "{}",
         deleted.stderr
     );
+    // Deleting the newest row leaves a chain that links, but not to the server's head.
+    sqlx::query("DELETE FROM vault.reveal_audit WHERE id = 3")
+        .execute(&mut *owner)
+        .await
+        .unwrap();
+    let truncated = s.etl.run(&["audit", "verify"]).await;
+    assert_eq!(truncated.code, 65);
+    assert!(
+        truncated.stderr.contains("the newest rows were deleted"),
+        "{}",
+        truncated.stderr
+    );
+    drop(owner);
     s.db.drop_db().await;
 }
 

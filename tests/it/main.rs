@@ -20,3 +20,4 @@ mod reveal;
 mod rotation;
 mod shutdown;
 mod status_page;
+mod vault_rules;

@@ -265,7 +265,7 @@ pub async fn send(queue_url: &str, bodies: &[String]) {
 }
 
 /// Sends `bodies` in the background, 500 at a time, keeping the queue at most about `max_depth`
-/// deep: moto slows as a queue deepens (DESIGN §6), and real producers send alongside consumers.
+/// deep: moto slows as a queue deepens (docs/ARCHITECTURE.md, "The SQS/KMS emulator"), and real producers send alongside consumers.
 pub fn produce(
     queue_url: &str,
     bodies: Vec<String>,
@@ -746,5 +746,22 @@ impl TempEmulator {
 impl Drop for TempEmulator {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// SQLSTATE of "insufficient privilege".
+pub const DENIED: &str = "42501";
+
+/// The SQLSTATE of a statement run as `url` (a login, as with psql), or "ok".
+pub async fn attempt(url: &str, sql: &str) -> String {
+    let pool = PgPool::connect(url).await.unwrap();
+    let result = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+    match result {
+        Ok(_) => "ok".into(),
+        Err(sqlx::Error::Database(e)) => e.code().unwrap_or_default().into_owned(),
+        Err(e) => panic!("{sql}: {e}"),
     }
 }

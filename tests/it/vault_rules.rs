@@ -1,0 +1,304 @@
+//! The vault's rules hold for a login with nothing but SQL (issue 14): each test attacks one
+//! rule as a documented role, the way someone with `psql` would, and shows the refusal.
+
+use sqlx::PgPool;
+
+use crate::support::{DENIED, Setup, attempt};
+
+/// Two users sharing one device, and one user alone on another.
+const SHARED: &str = "{\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"dev-g\"}\n\
+                      {\"user_id\":\"g2\",\"ip\":\"10.0.0.2\",\"device_id\":\"dev-g\"}\n\
+                      {\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"dev-solo\"}\n";
+
+async fn load_shared(s: &Setup) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.jsonl");
+    std::fs::write(&file, SHARED).unwrap();
+    s.etl
+        .run(&["run", "--input", file.to_str().unwrap()])
+        .await
+        .json();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    let (auditor, auditor_url) = s.login("piivault_auditor").await;
+    let (etl, etl_url) = s.login("piivault_etl").await;
+    let (analyst, analyst_url) = s.login("piivault_analyst").await;
+
+    // Direct reads of sealed values: refused for every role but the owner.
+    for (who, url) in [
+        ("auditor", &auditor_url),
+        ("etl", &etl_url),
+        ("analyst", &analyst_url),
+    ] {
+        for sql in [
+            "SELECT ip_sealed FROM vault.login_pii",
+            "SELECT device_id_sealed FROM vault.login_pii",
+            "SELECT body_sealed FROM etl.quarantine",
+        ] {
+            assert_eq!(attempt(url, sql).await, DENIED, "{who}: {sql}");
+        }
+    }
+    // Only the auditor may call the reveal function.
+    let call = "SELECT * FROM vault.reveal('user_id', 'g1', 'direct SQL attempt', NULL, 'mallory')";
+    assert_eq!(attempt(&etl_url, call).await, DENIED);
+    assert_eq!(attempt(&analyst_url, call).await, DENIED);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
+        0
+    );
+
+    // The auditor's own SQL through the function gets the sealed rows and, in the same
+    // statement, an audit row the server wrote: its login, whose records, a digest of which.
+    let pool = PgPool::connect(&auditor_url).await.unwrap();
+    let token: String = sqlx::query_scalar(
+        "SELECT masked_device_id FROM user_logins WHERE device_type IS NULL AND user_id = 'g2'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT audit_id, message_id, user_id FROM vault.reveal('token', $1, 'duplicate device case', 'T-9', 'mallory')",
+    )
+    .bind(&token)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(rows.len(), 2);
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    type Audit = (
+        i64,
+        String,
+        String,
+        Option<Vec<String>>,
+        i32,
+        Option<Vec<u8>>,
+        i16,
+    );
+    let audit: Audit = sqlx::query_as(
+        "SELECT id, db_role, actor, subjects, records, records_digest, chain_format FROM vault.reveal_audit",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit.0, rows[0].0);
+    assert_eq!(
+        audit.1, auditor,
+        "db_role is the session's login, set by the server"
+    );
+    assert_eq!(
+        audit.2, "mallory",
+        "the OS account is the client's word, kept apart"
+    );
+    assert_eq!(
+        audit.3,
+        Some(vec!["g1".to_owned(), "g2".to_owned()]),
+        "a token reveal names whose data it showed"
+    );
+    assert_eq!(audit.4, 2);
+    assert_eq!(
+        audit.5.as_deref(),
+        Some(&piivault::crypto::chain::records_digest(ids)[..]),
+        "the server's digest is the one etl recomputes"
+    );
+    assert_eq!(audit.6, 2);
+    s.etl.run(&["audit", "verify"]).await.json();
+
+    s.drop_logins(&[auditor, etl, analyst]).await;
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    let roles = [
+        "piivault_etl",
+        "piivault_analyst",
+        "piivault_auditor",
+        "piivault_admin",
+    ];
+    let mut logins = Vec::new();
+    for role in roles {
+        logins.push((role, s.login(role).await));
+    }
+    // One genuine row to attack.
+    s.etl
+        .run(&["reveal", "--user-id", "g1", "--reason", "baseline reveal"])
+        .await
+        .ok();
+
+    for (role, (_, url)) in &logins {
+        for sql in [
+            // A back-dated row "by somebody else", with a chosen hash.
+            "INSERT INTO vault.reveal_audit (id, at, db_role, actor, reason, records, chain_format, hash)
+             VALUES (2, '2020-01-01', 'someone_else', 'x', 'back-dated row', 1, 2, '\\x00')",
+            // Ids ahead of the chain, to jam every later append.
+            "INSERT INTO vault.reveal_audit (id, actor, reason, records, chain_format) VALUES (1000, 'x', 'jam the ids', 1, 2)",
+            "SELECT nextval('vault.reveal_audit_id_seq')",
+            "SELECT setval('vault.reveal_audit_id_seq', 1000)",
+            "UPDATE vault.audit_head SET id = 1000",
+            // The internal append, which would take any action.
+            "SELECT vault.audit_write('reveal', 'user_id=g1', 'g1', NULL, 'forged reveal row', 'x', 1, NULL, NULL)",
+            "UPDATE vault.reveal_audit SET reason = 'nothing to see'",
+            "DELETE FROM vault.reveal_audit",
+            "TRUNCATE vault.reveal_audit",
+        ] {
+            assert_eq!(attempt(url, sql).await, DENIED, "{role}: {sql}");
+        }
+    }
+    let admin_url = &logins[3].1.1;
+    let auditor_url = &logins[2].1.1;
+    // Admin jobs record themselves, but never as a reveal; the auditor records only by revealing.
+    assert_eq!(
+        attempt(
+            admin_url,
+            "SELECT vault.audit_append('reveal', 'user_id=g1', 'g1', NULL, 'a fake reveal row', 'x', 1, NULL, NULL)"
+        )
+        .await,
+        DENIED
+    );
+    assert_eq!(
+        attempt(
+            auditor_url,
+            "SELECT vault.audit_append('erase', 'user_id=g1', 'g1', NULL, 'a fake erase row', 'x', 1, NULL, NULL)"
+        )
+        .await,
+        DENIED
+    );
+    // The owner too is refused by the append-only rule (it must switch the rule off on purpose).
+    for sql in [
+        "UPDATE vault.reveal_audit SET reason = 'owner edit'",
+        "DELETE FROM vault.reveal_audit",
+        "TRUNCATE vault.reveal_audit",
+        "INSERT INTO vault.reveal_audit (id, actor, reason, records, chain_format) VALUES (99, 'x', 'owner insert', 1, 2)",
+    ] {
+        assert_eq!(attempt(&s.db.url, sql).await, DENIED, "owner: {sql}");
+    }
+    // A legitimate admin append still works and takes the next id: nothing was jammed.
+    assert_eq!(
+        attempt(
+            admin_url,
+            "SELECT vault.audit_append('erase', 'user_id=nobody', 'nobody', NULL, 'erasure request 7', 'x', 0, NULL, NULL)"
+        )
+        .await,
+        "ok"
+    );
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM vault.reveal_audit ORDER BY id")
+        .fetch_all(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, [1, 2]);
+    let verified = s.etl.run(&["audit", "verify"]).await.json();
+    assert_eq!(verified["broken"], 0);
+
+    s.drop_logins(
+        &logins
+            .into_iter()
+            .map(|(_, (name, _))| name)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn definer_functions_cannot_be_hijacked_through_schema_public() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    // The definer functions belong to a NOLOGIN, non-superuser role and pin their path.
+    let functions: Vec<(String, String, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT p.proname::text, p.proowner::regrole::text, p.prosecdef, coalesce(p.proconfig, '{}')
+         FROM pg_proc p WHERE p.prosecdef AND p.pronamespace::regnamespace::text IN ('vault', 'public')
+         ORDER BY 1",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = functions.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["audit_append", "audit_write", "reveal", "shared_tokens"]
+    );
+    for (name, owner, _, config) in &functions {
+        assert_eq!(owner, "piivault_definer", "{name}");
+        assert_eq!(config, &["search_path=pg_catalog, pg_temp"], "{name}");
+    }
+    let (login, superuser): (bool, bool) = sqlx::query_as(
+        "SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'piivault_definer'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert!(!login && !superuser);
+
+    // A database where PUBLIC may create in public (before PostgreSQL 15, or re-granted):
+    // `etl migrate` takes the privilege back and says so.
+    sqlx::query("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let migrated = s.etl.run(&["migrate"]).await;
+    migrated.ok();
+    assert!(
+        migrated
+            .stderr
+            .contains("revoked CREATE on schema public from PUBLIC"),
+        "{}",
+        migrated.stderr
+    );
+    let (etl, etl_url) = s.login("piivault_etl").await;
+    assert_eq!(
+        attempt(&etl_url, "CREATE TABLE public.planted (x int)").await,
+        DENIED
+    );
+
+    // Grant it again and plant a look-alike count(varchar): an exact type match that beats
+    // pg_catalog.count("any") for a function whose path includes public.
+    sqlx::query("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE TABLE public.hijacked (as_role text)",
+        "GRANT INSERT ON public.hijacked TO PUBLIC",
+        "CREATE FUNCTION public.plant(bigint, varchar) RETURNS bigint LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.hijacked VALUES (current_user); RETURN 424242; END $$",
+        "CREATE AGGREGATE public.count(varchar) (SFUNC = public.plant, STYPE = bigint, INITCOND = '0')",
+    ] {
+        assert_eq!(attempt(&etl_url, sql).await, "ok", "{sql}");
+    }
+    let groups: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT token, users, logins FROM shared_tokens('device', 2, 10)")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].1, groups[0].2),
+        (2, 2),
+        "pg_catalog.count, not the plant"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM public.hijacked").await,
+        0,
+        "the planted aggregate never ran"
+    );
+
+    // It never lists a token only one user has, nor more than 1,000 groups.
+    let singles =
+        s.db.count("SELECT count(*) FROM shared_tokens('device', 1, 100000) WHERE users < 2")
+            .await;
+    assert_eq!(singles, 0);
+
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP OWNED BY {etl}")))
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    s.drop_logins(&[etl]).await;
+    s.db.drop_db().await;
+}
