@@ -47,9 +47,12 @@ pub struct LoginEvent {
     pub device_type: Option<String>,
     /// Locale code; often null in real data.
     pub locale: Option<String>,
-    /// Client IP address (PII).
+    /// Client IP address (PII). `None` when null, missing, empty or whitespace only.
     pub ip: Option<Pii>,
-    /// Device identifier (PII).
+    /// Device identifier (PII). `None` when null, missing, empty or whitespace only: a blank id
+    /// names no device, so it gets no token and nothing is sealed (otherwise every client that
+    /// sends `""` would look like one device shared by all of them). Case-sensitive: see
+    /// [`Pii::text`].
     pub device_id: Option<Pii>,
 }
 
@@ -83,7 +86,10 @@ impl Pii {
         })
     }
 
-    /// Any other identifier: canonical is trimmed and Unicode NFC.
+    /// Any other identifier: canonical is trimmed and Unicode NFC. It is **not** case-folded:
+    /// device ids are opaque identifiers whose case producers preserve, so `ABC-1` and `abc-1`
+    /// are two devices with two tokens (folding could merge unrelated users into one shared
+    /// device). [`decode`] never calls this with a blank value.
     pub fn text(original: &str) -> Pii {
         let canonical = original.trim().nfc().collect();
         Pii {
@@ -208,7 +214,10 @@ impl fmt::Display for Rejection {
 }
 
 /// Decodes one message body. Unknown fields are ignored (producers may add fields); null or
-/// missing optional fields become `None`.
+/// missing optional fields become `None`. A blank `ip` or `device_id` (empty, or only Unicode
+/// whitespace such as `"  "` or `"\t"`) is a missing value too: `None`, stored as NULL with no
+/// token and nothing sealed. Length and NUL checks run first, so an overlong blank value is still
+/// rejected.
 pub fn decode(body: &str) -> Result<LoginEvent, Rejection> {
     if body.len() > BODY_MAX_BYTES {
         return Err(Rejection::TooLarge {
@@ -234,7 +243,7 @@ pub fn decode(body: &str) -> Result<LoginEvent, Rejection> {
     if user_id.trim().is_empty() {
         return Err(Rejection::EmptyUserId);
     }
-    let ip = match string_field(&object, "ip", IP_MAX_CHARS)? {
+    let ip = match non_blank(string_field(&object, "ip", IP_MAX_CHARS)?) {
         Some(text) => Some(Pii::ip(text).ok_or(Rejection::InvalidIp)?),
         None => None,
     };
@@ -246,8 +255,14 @@ pub fn decode(body: &str) -> Result<LoginEvent, Rejection> {
             .map(str::to_owned),
         locale: string_field(&object, "locale", LOCALE_MAX_CHARS)?.map(str::to_owned),
         ip,
-        device_id: string_field(&object, "device_id", DEVICE_ID_MAX_CHARS)?.map(Pii::text),
+        device_id: non_blank(string_field(&object, "device_id", DEVICE_ID_MAX_CHARS)?)
+            .map(Pii::text),
     })
+}
+
+/// `None` for an empty or whitespace-only value (the same test as for a blank `user_id`).
+fn non_blank(value: Option<&str>) -> Option<&str> {
+    value.filter(|text| !text.trim().is_empty())
 }
 
 /// The first key that appears twice at the top level of an object (`Some(None)` for an unknown
@@ -414,6 +429,53 @@ mod tests {
                 max: 128
             }
         );
+    }
+
+    #[test]
+    fn blank_ip_and_device_id_are_missing_values() {
+        for blank in [
+            "", " ", "  ", "\t", "\n", "\r\n", " \t ", "\u{a0}", "\u{3000}",
+        ] {
+            let body =
+                serde_json::json!({"user_id": "u", "ip": blank, "device_id": blank}).to_string();
+            let event = decode(&body).unwrap_or_else(|r| panic!("{blank:?}: {r}"));
+            assert!(event.ip.is_none(), "ip {blank:?}");
+            assert!(event.device_id.is_none(), "device_id {blank:?}");
+        }
+        // A value with content around the spaces is still a value.
+        let event = decode(r#"{"user_id":"u","ip":" 1.2.3.4 ","device_id":" d "}"#).unwrap();
+        assert_eq!(event.ip.as_ref().unwrap().canonical(), "1.2.3.4");
+        assert_eq!(event.device_id.as_ref().unwrap().original(), " d ");
+        assert_eq!(event.device_id.as_ref().unwrap().canonical(), "d");
+        // Blank is not a licence to skip the other checks.
+        let long_blank = format!(r#"{{"user_id":"u","ip":"{}"}}"#, " ".repeat(65));
+        assert!(matches!(
+            decode(&long_blank),
+            Err(Rejection::TooLong { field: "ip", .. })
+        ));
+        assert!(matches!(
+            decode(r#"{"user_id":"u","device_id":" \u0000 "}"#),
+            Err(Rejection::ContainsNul { field: "device_id" })
+        ));
+        assert!(matches!(
+            decode(r#"{"user_id":"u","device_id":7}"#),
+            Err(Rejection::WrongType { .. })
+        ));
+        // Zero-width characters are not whitespace: such an id is kept (and tokenised).
+        assert!(
+            decode(r#"{"user_id":"u","device_id":"\u200b"}"#)
+                .unwrap()
+                .device_id
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn device_ids_are_case_sensitive() {
+        let upper = Pii::text("ABC-1");
+        let lower = Pii::text("abc-1");
+        assert_ne!(upper.canonical(), lower.canonical());
+        assert_eq!(Pii::text(" ABC-1 ").canonical(), "ABC-1");
     }
 
     #[test]

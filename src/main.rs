@@ -18,10 +18,12 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Key-encryption key: file:<path> or kms:<key-id|alias|arn>.
-    #[arg(long, global = true, env = "PIIVAULT_KEK")]
+    // `hide_env_values`: `--help` names the variable but never prints its value (a key path or
+    // KMS key), so help output pasted into a ticket or CI log discloses nothing.
+    #[arg(long, global = true, env = "PIIVAULT_KEK", hide_env_values = true)]
     kek: Option<String>,
     /// SQS queue URL.
-    #[arg(long, global = true, env = "SQS_QUEUE_URL")]
+    #[arg(long, global = true, env = "SQS_QUEUE_URL", hide_env_values = true)]
     queue_url: Option<String>,
     /// Log lines on stderr: human-readable, or one JSON object per line for a log pipeline.
     #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
@@ -150,4 +152,38 @@ async fn stop_on_signal(stop: CancellationToken) {
     stop.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Variables whose values are not secret, so `--help` may show them.
+    const SHOWN: [&str; 2] = ["PIIVAULT_LOG_FORMAT", "PIIVAULT_METRICS_ADDR"];
+
+    #[test]
+    fn help_never_shows_the_value_of_a_secret_variable() {
+        fn check(cmd: &clap::Command, seen: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(var) = arg.get_env() {
+                    let var = var.to_string_lossy().into_owned();
+                    assert!(
+                        arg.is_hide_env_values_set() || SHOWN.contains(&var.as_str()),
+                        "{var} (on `{}`) needs hide_env_values = true, or a place in SHOWN",
+                        cmd.get_name()
+                    );
+                    seen.push(var);
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, seen);
+            }
+        }
+        let cli = super::Cli::command();
+        cli.clone().debug_assert();
+        let mut seen = Vec::new();
+        check(&cli, &mut seen);
+        assert!(seen.iter().any(|v| v == "PIIVAULT_KEK"), "{seen:?}");
+        assert!(seen.iter().any(|v| v == "SQS_QUEUE_URL"), "{seen:?}");
+    }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
+use super::output::cell;
 use super::{Context, print_line};
 use crate::audit;
 use crate::error::Error;
@@ -62,13 +63,13 @@ pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
                         "{:>6}  {:<27} {:<16} {:<12} {:<7} {:>7}  {:<14} {} / {}",
                         r.id,
                         at,
-                        r.db_role,
-                        r.actor,
-                        r.action,
+                        cell(&r.db_role),
+                        cell(&r.actor),
+                        cell(&r.action),
                         r.records,
-                        r.ticket.as_deref().unwrap_or("-"),
-                        r.reason,
-                        r.selector.as_deref().unwrap_or("-")
+                        r.ticket.as_deref().map_or_else(|| "-".to_owned(), cell),
+                        cell(&r.reason),
+                        r.selector.as_deref().map_or_else(|| "-".to_owned(), cell)
                     ))?,
                 }
             }

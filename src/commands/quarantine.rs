@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::{Context, print_line};
+use super::{Context, output, print_line};
 use crate::crypto::{Field, Sealed};
 use crate::error::Error;
 use crate::protect::{self, Record, WriteKeys};
@@ -62,7 +62,12 @@ pub async fn run(args: QuarantineArgs, ctx: &Context) -> Result<(), Error> {
                     .received_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 match format {
-                    Format::Table => print_line(&format!("{:<46} {:<27} {}", e.message_id, at, e.reason))?,
+                    Format::Table => print_line(&format!(
+                        "{:<46} {:<27} {}",
+                        output::cell(&e.message_id),
+                        at,
+                        output::cell(&e.reason)
+                    ))?,
                     Format::Json => print_line(
                         &json!({"message_id": e.message_id, "received_at": at, "reason": e.reason, "key_version": e.key_version})
                             .to_string(),

@@ -1,6 +1,7 @@
 //! The hostile corpus (tests/fixtures/hostile.json, plus a 256 KiB body) through SQS: every
-//! message ends loaded or quarantined with the documented reason, the process never panics, and
-//! no body reaches the log.
+//! message ends loaded or quarantined with the documented reason (and, for a loaded one, with
+//! the masked columns its case says are NULL), the process never panics, and no body reaches the
+//! log.
 
 use std::collections::HashMap;
 
@@ -12,6 +13,10 @@ struct Case {
     body: String,
     expect: String,
     reason: Option<String>,
+    /// For a loaded case: masked columns that must be NULL (a blank value is a missing value:
+    /// no token, and nothing sealed for it in the vault).
+    #[serde(default)]
+    null: Vec<String>,
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -29,6 +34,7 @@ async fn every_hostile_message_is_loaded_or_quarantined_with_its_reason() {
         ),
         expect: "quarantined".into(),
         reason: Some("body is 262".into()),
+        null: Vec::new(),
     });
     assert!(cases.len() >= 40, "{} kinds", cases.len());
 
@@ -80,7 +86,31 @@ async fn every_hostile_message_is_loaded_or_quarantined_with_its_reason() {
     );
     for (id, case) in &by_id {
         match case.expect.as_str() {
-            "loaded" => assert!(loaded.contains(id), "{} should load", case.kind),
+            "loaded" => {
+                assert!(loaded.contains(id), "{} should load", case.kind);
+                for column in &case.null {
+                    let sealed = match column.as_str() {
+                        "masked_ip" => "ip_sealed",
+                        "masked_device_id" => "device_id_sealed",
+                        other => panic!("{}: unknown column {other}", case.kind),
+                    };
+                    let (masked_null, sealed_null): (bool, bool) =
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "SELECT u.{column} IS NULL, v.{sealed} IS NULL
+                             FROM user_logins u JOIN vault.login_pii v USING (message_id)
+                             WHERE u.message_id = $1"
+                        )))
+                        .bind(id)
+                        .fetch_one(&s.db.pool)
+                        .await
+                        .unwrap();
+                    assert!(
+                        masked_null && sealed_null,
+                        "{}: {column} should be NULL with nothing sealed",
+                        case.kind
+                    );
+                }
+            }
             _ => {
                 let reason = quarantined
                     .get(id)

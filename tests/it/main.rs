@@ -13,6 +13,7 @@ mod kms;
 mod load;
 mod metrics;
 mod migrate;
+mod output_safety;
 mod privacy;
 mod redelivery;
 mod report;
