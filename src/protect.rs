@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::crypto::{Field, KeyVersion, Keyring, OpenFailed, SealKey, Sealed, Token, TokenKey};
+use crate::crypto::{
+    Field, KeyVersion, Keyring, OpenFailed, Place, SealKey, Sealed, Token, TokenKey,
+};
 use crate::event::{self, LoginEvent, Pii, Rejection};
 use crate::source::Received;
 
@@ -81,12 +83,18 @@ fn protect_login(
     let (masked_ip, ip_sealed) = login
         .ip
         .as_ref()
-        .map(|ip| protect_pii(keys, id, Field::Ip, ip))
+        .map(|ip| protect_pii(keys, &Place::login(id, &login.user_id, Field::Ip), ip))
         .unzip();
     let (masked_device_id, device_id_sealed) = login
         .device_id
         .as_ref()
-        .map(|device| protect_pii(keys, id, Field::DeviceId, device))
+        .map(|device| {
+            protect_pii(
+                keys,
+                &Place::login(id, &login.user_id, Field::DeviceId),
+                device,
+            )
+        })
         .unzip();
     ProtectedLogin {
         message_id: message.message_id.clone(),
@@ -110,18 +118,9 @@ fn protect_login(
 }
 
 /// The token of the canonical form and the sealed original.
-fn protect_pii(
-    keys: WriteKeys<'_>,
-    message_id: &str,
-    field: Field,
-    value: &Pii,
-) -> (Token, Sealed) {
-    let token = keys.token.token(field, value.canonical());
-    (
-        token,
-        keys.seal
-            .seal(message_id, field, value.original().as_bytes()),
-    )
+fn protect_pii(keys: WriteKeys<'_>, place: &Place<'_>, value: &Pii) -> (Token, Sealed) {
+    let token = keys.token.token(place.field, value.canonical());
+    (token, keys.seal.seal(place, value.original().as_bytes()))
 }
 
 fn quarantine(
@@ -148,20 +147,33 @@ pub fn quarantine_with_reason(
         key_version: keys.seal.version(),
         body_sealed: keys
             .seal
-            .seal(&message.message_id, Field::Body, message.body.as_bytes()),
+            .seal(&Place::body(&message.message_id), message.body.as_bytes()),
     }
 }
 
-/// Re-seals one value under `to` (`keys reencrypt`): opened with whatever version sealed it.
+/// Re-seals one value under `to` in the current format (`keys reencrypt`): opened with
+/// whatever version and format sealed it.
 pub fn reseal(
     keys: &Keyring,
     to: &SealKey,
-    message_id: &str,
-    field: Field,
+    place: &Place<'_>,
     sealed: &Sealed,
 ) -> Result<Sealed, OpenFailed> {
-    let plain = keys.open(message_id, field, sealed)?;
-    Ok(to.seal(message_id, field, &plain))
+    let plain = keys.open(place, sealed)?;
+    Ok(to.seal(place, &plain))
+}
+
+/// A vault row's sealed values and where they belong.
+#[derive(Clone, Copy)]
+pub struct SealedLogin<'a> {
+    /// The row's message.
+    pub message_id: &'a str,
+    /// The row's user.
+    pub user_id: &'a str,
+    /// The sealed ip, if any.
+    pub ip: Option<&'a Sealed>,
+    /// The sealed device id, if any.
+    pub device_id: Option<&'a Sealed>,
 }
 
 /// The tokens `token` gives a vault row's originals (`keys retokenize`, `keys verify`): the
@@ -169,12 +181,16 @@ pub fn reseal(
 pub fn tokens_of(
     keys: &Keyring,
     token: &TokenKey,
-    message_id: &str,
-    ip: Option<&Sealed>,
-    device_id: Option<&Sealed>,
+    row: SealedLogin<'_>,
 ) -> Result<(Option<Token>, Option<Token>), OpenFailed> {
+    let SealedLogin {
+        message_id,
+        user_id,
+        ip,
+        device_id,
+    } = row;
     let canonical = |field: Field, sealed: &Sealed| -> Result<Pii, OpenFailed> {
-        let plain = keys.open(message_id, field, sealed)?;
+        let plain = keys.open(&Place::login(message_id, user_id, field), sealed)?;
         let unreadable = || OpenFailed {
             message_id: message_id.to_owned(),
             field: field.as_str(),
@@ -253,7 +269,10 @@ mod tests {
             KeyState::Active,
         );
         let ip = ring
-            .open("m-1", Field::Ip, login.ip_sealed.as_ref().unwrap())
+            .open(
+                &Place::login("m-1", "u", Field::Ip),
+                login.ip_sealed.as_ref().unwrap(),
+            )
             .unwrap();
         assert_eq!(
             &ip[..],
@@ -286,7 +305,7 @@ mod tests {
             KeyState::Active,
         );
         assert_eq!(
-            &ring.open("m-1", Field::Body, &q.body_sealed).unwrap()[..],
+            &ring.open(&Place::body("m-1"), &q.body_sealed).unwrap()[..],
             body.as_bytes()
         );
     }

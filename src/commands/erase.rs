@@ -9,7 +9,7 @@ use serde_json::json;
 use super::reveal::{check_reason, os_user};
 use super::{Context, print_line};
 use crate::audit::{self, Entry};
-use crate::crypto::{Field, Purpose, Sealed, chain};
+use crate::crypto::{Place, Purpose, Sealed, chain};
 use crate::error::Error;
 use crate::store::{self, StoreError};
 use crate::{event, keystore};
@@ -50,7 +50,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
         after = last.message_id.clone();
         for row in page {
             let (message_id, body) = (row.message_id, row.body_sealed);
-            let Ok(plain) = keys.open(&message_id, Field::Body, &Sealed::from_bytes(body)) else {
+            let Ok(plain) = keys.open(&Place::body(&message_id), &Sealed::from_bytes(body)) else {
                 continue; // cannot tell whose it is; `keys verify` reports such rows
             };
             let named = std::str::from_utf8(&plain).ok().and_then(event::user_id_of);

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{Context, output, print_line};
-use crate::crypto::{Field, Sealed};
+use crate::crypto::{Place, Sealed};
 use crate::error::Error;
 use crate::protect::{self, Record, WriteKeys};
 use crate::source::Received;
@@ -98,8 +98,7 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
         after = last.message_id.clone();
         for entry in page {
             let body = match keys.open(
-                &entry.message_id,
-                Field::Body,
+                &Place::body(&entry.message_id),
                 &Sealed::from_bytes(entry.body_sealed),
             ) {
                 Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),

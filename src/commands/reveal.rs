@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Context, output, print_line};
-use crate::crypto::{Field, Keyring, OpenFailed, Purpose, Sealed};
+use crate::crypto::{Field, Keyring, OpenFailed, Place, Purpose, Sealed};
 use crate::error::Error;
 use crate::keystore;
 use crate::store;
@@ -123,7 +123,8 @@ fn open(keys: &Keyring, row: VaultRow) -> Result<Revealed, OpenFailed> {
     let open_field = |field: Field, sealed: Option<Vec<u8>>| {
         sealed
             .map(|bytes| {
-                let plain = keys.open(&row.message_id, field, &Sealed::from_bytes(bytes))?;
+                let place = Place::login(&row.message_id, &row.user_id, field);
+                let plain = keys.open(&place, &Sealed::from_bytes(bytes))?;
                 String::from_utf8(plain.to_vec()).map_err(|_| OpenFailed {
                     message_id: row.message_id.clone(),
                     field: field.as_str(),

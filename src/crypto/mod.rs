@@ -11,5 +11,5 @@ mod token;
 pub use keyring::{
     KeyState, KeyVersion, Keyring, Purpose, SealKey, TokenKey, UnknownPurpose, new_key_material,
 };
-pub use seal::{Field, OpenFailed, Sealed};
+pub use seal::{FORMAT_2_PREFIX, Field, OpenFailed, Place, SealFormat, Sealed};
 pub use token::Token;

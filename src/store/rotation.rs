@@ -13,6 +13,11 @@ type Tx<'a> = Transaction<'a, Postgres>;
 #[derive(sqlx::FromRow)]
 pub struct SealedRow {
     pub message_id: String,
+    pub user_id: String,
+    /// The user of the message's `user_logins` row, where a query joins it (re-encryption
+    /// refuses to bind a value to a vault user the analysts' row contradicts).
+    #[sqlx(default)]
+    pub login_user_id: Option<String>,
     pub key_version: i32,
     pub ip_sealed: Option<Vec<u8>>,
     pub device_id_sealed: Option<Vec<u8>>,
@@ -31,6 +36,9 @@ pub struct Resealed {
 #[derive(sqlx::FromRow)]
 pub struct VerifyRow {
     pub message_id: String,
+    pub user_id: String,
+    /// The user of the message's `user_logins` row, if it has one.
+    pub login_user_id: Option<String>,
     pub key_version: i32,
     pub ip_sealed: Option<Vec<u8>>,
     pub device_id_sealed: Option<Vec<u8>>,
@@ -43,30 +51,47 @@ fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     StoreError::during(what)
 }
 
-/// Vault rows and quarantined bodies not sealed under `version`.
-pub async fn count_not_sealed_at(pool: &PgPool, version: i32) -> Result<(i64, i64), StoreError> {
+/// Vault rows and quarantined bodies not sealed under `version` in the current format (whose
+/// values do not start with `current_prefix`, given by the caller: this module knows no format).
+pub async fn count_not_sealed_at(
+    pool: &PgPool,
+    version: i32,
+    current_prefix: &[u8],
+) -> Result<(i64, i64), StoreError> {
     sqlx::query_as(
-        "SELECT (SELECT count(*) FROM vault.login_pii WHERE key_version <> $1),
-                (SELECT count(*) FROM etl.quarantine WHERE key_version <> $1)",
+        "SELECT (SELECT count(*) FROM vault.login_pii
+                 WHERE key_version <> $1
+                    OR substring(coalesce(ip_sealed, device_id_sealed) FROM 1 FOR 2) <> $2),
+                (SELECT count(*) FROM etl.quarantine
+                 WHERE key_version <> $1 OR substring(body_sealed FROM 1 FOR 2) <> $2)",
     )
     .bind(version)
+    .bind(current_prefix)
     .fetch_one(pool)
     .await
     .map_err(during("counting rows to re-encrypt"))
 }
 
-/// The next page of vault rows not sealed under `version`, after `after`.
+/// The next page of vault rows not sealed under `version` in the current format, after
+/// `after`, with their analysts' row's user.
 pub async fn vault_not_at(
     pool: &PgPool,
     version: i32,
+    current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
-         WHERE key_version <> $1 AND message_id > $2 ORDER BY message_id LIMIT $3",
+        "SELECT p.message_id, p.user_id, u.user_id AS login_user_id, p.key_version, p.ip_sealed,
+                p.device_id_sealed
+         FROM vault.login_pii p LEFT JOIN user_logins u USING (message_id)
+         WHERE (p.key_version <> $1
+                OR substring(coalesce(p.ip_sealed, p.device_id_sealed) FROM 1 FOR 2) <> $2)
+           AND p.message_id > $3
+         ORDER BY p.message_id LIMIT $4",
     )
     .bind(version)
+    .bind(current_prefix)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
@@ -75,6 +100,7 @@ pub async fn vault_not_at(
 }
 
 /// Writes re-sealed vault values; a row changed meanwhile (other version) is left alone.
+/// (A format-only move keeps the version: re-running it re-seals once more, harmlessly.)
 pub async fn reseal_vault(tx: &mut Tx<'_>, rows: &[Resealed]) -> Result<u64, StoreError> {
     let result = sqlx::query(
         "UPDATE vault.login_pii p SET key_version = x.to_version, ip_sealed = x.ip, device_id_sealed = x.dev
@@ -92,18 +118,21 @@ pub async fn reseal_vault(tx: &mut Tx<'_>, rows: &[Resealed]) -> Result<u64, Sto
     Ok(result.rows_affected())
 }
 
-/// The next page of quarantined bodies not sealed under `version`.
+/// The next page of quarantined bodies not sealed under `version` in the current format.
 pub async fn quarantine_not_at(
     pool: &PgPool,
     version: i32,
+    current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
         "SELECT message_id, received_at, key_version, body_sealed FROM etl.quarantine
-         WHERE key_version <> $1 AND message_id > $2 ORDER BY message_id LIMIT $3",
+         WHERE (key_version <> $1 OR substring(body_sealed FROM 1 FOR 2) <> $2)
+           AND message_id > $3 ORDER BY message_id LIMIT $4",
     )
     .bind(version)
+    .bind(current_prefix)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
@@ -149,7 +178,7 @@ pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
     sqlx::query_as(
-        "SELECT p.message_id, p.key_version, p.ip_sealed, p.device_id_sealed
+        "SELECT p.message_id, p.user_id, p.key_version, p.ip_sealed, p.device_id_sealed
          FROM user_logins u JOIN vault.login_pii p USING (message_id)
          WHERE u.message_id > $1
            AND NOT EXISTS (SELECT 1 FROM etl.token_next n WHERE n.message_id = u.message_id)
@@ -169,7 +198,7 @@ pub async fn vault_page(
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
+        "SELECT message_id, user_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
          WHERE message_id > $1 ORDER BY message_id LIMIT $2",
     )
     .bind(after)
@@ -253,8 +282,8 @@ pub async fn vault_with_tokens(
     limit: i64,
 ) -> Result<Vec<VerifyRow>, StoreError> {
     sqlx::query_as(
-        "SELECT p.message_id, p.key_version, p.ip_sealed, p.device_id_sealed,
-                u.masked_ip, u.masked_device_id, u.token_version
+        "SELECT p.message_id, p.user_id, u.user_id AS login_user_id, p.key_version, p.ip_sealed,
+                p.device_id_sealed, u.masked_ip, u.masked_device_id, u.token_version
          FROM vault.login_pii p LEFT JOIN user_logins u USING (message_id)
          WHERE p.message_id > $1 ORDER BY p.message_id LIMIT $2",
     )

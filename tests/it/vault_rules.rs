@@ -302,3 +302,151 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
     s.drop_logins(&[etl]).await;
     s.db.drop_db().await;
 }
+
+/// The unwrapped v1 seal and token keys of a test database (what a format-1 writer held).
+async fn v1_keys(s: &Setup) -> ([u8; 32], piivault::crypto::TokenKey) {
+    use piivault::crypto::{KeyVersion, Purpose, TokenKey};
+    let kek = piivault::kek::Kek::open(&s.kek.uri().parse().unwrap())
+        .await
+        .unwrap();
+    let rows = piivault::store::keys::list(&s.db.pool).await.unwrap();
+    let mut seal = [0u8; 32];
+    let mut token = None;
+    for row in &rows {
+        let key = piivault::keystore::unwrap_row(&kek, row)
+            .await
+            .unwrap()
+            .unwrap();
+        match key.purpose {
+            Purpose::Seal => seal.copy_from_slice(&key.plain),
+            Purpose::Token => token = TokenKey::from_unwrapped(KeyVersion(1), &key.plain),
+        }
+    }
+    (seal, token.unwrap())
+}
+
+/// A value sealed exactly as piivault did before format 2: AAD `message_id 0 field 0 1`.
+fn seal_v1(key: &[u8; 32], message_id: &str, field: &str, plain: &str) -> Vec<u8> {
+    let mut out = 1u32.to_be_bytes().to_vec();
+    let aad = format!("{message_id}\0{field}\01");
+    piivault::crypto::aead::encrypt_into(&mut out, key, aad.as_bytes(), plain.as_bytes());
+    out
+}
+
+/// Stores one login the way a format-1 writer did.
+async fn insert_v1_login(
+    s: &Setup,
+    keys: &([u8; 32], piivault::crypto::TokenKey),
+    row: (&str, &str, &str, &str),
+) {
+    use piivault::crypto::Field;
+    let (message_id, user_id, ip, device) = row;
+    sqlx::query(
+        "INSERT INTO user_logins (message_id, user_id, masked_ip, masked_device_id, token_version)
+         VALUES ($1, $2, $3, $4, 1)",
+    )
+    .bind(message_id)
+    .bind(user_id)
+    .bind(keys.1.token(Field::Ip, ip).as_str())
+    .bind(keys.1.token(Field::DeviceId, device).as_str())
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO vault.login_pii (message_id, user_id, key_version, ip_sealed, device_id_sealed)
+         VALUES ($1, $2, 1, $3, $4)",
+    )
+    .bind(message_id)
+    .bind(user_id)
+    .bind(seal_v1(&keys.0, message_id, "ip", ip))
+    .bind(seal_v1(&keys.0, message_id, "device_id", device))
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+}
+
+async fn swap_vault_users(s: &Setup, a: &str, b: &str) {
+    sqlx::query(
+        "UPDATE vault.login_pii SET user_id = CASE user_id WHEN $1 THEN $2 ELSE $1 END
+         WHERE user_id IN ($1, $2)",
+    )
+    .bind(a)
+    .bind(b)
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+}
+
+async fn reveal(s: &Setup, user: &str) -> crate::support::Run {
+    s.etl
+        .run(&["reveal", "--user-id", user, "--reason", "binding check"])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seals_bind_their_user_and_older_seals_move_to_the_new_format() {
+    let s = Setup::new().await;
+    let keys = v1_keys(&s).await;
+    insert_v1_login(&s, &keys, ("legacy-a", "old-a", "10.9.9.9", "dev-a")).await;
+    insert_v1_login(&s, &keys, ("legacy-b", "old-b", "10.8.8.8", "dev-b")).await;
+
+    // Format-1 values open by their marker (none): the upgrade loses nothing.
+    let before = reveal(&s, "old-a").await;
+    before.ok();
+    assert!(before.stdout.contains("10.9.9.9"), "{}", before.stdout);
+    s.etl.run(&["keys", "verify"]).await.json();
+
+    // A vault user swapped under format 1: verify sees it against user_logins, and reencrypt
+    // refuses to make the swapped user authentic.
+    swap_vault_users(&s, "old-a", "old-b").await;
+    let verify = s.etl.run(&["keys", "verify"]).await;
+    assert_eq!(verify.code, 65, "{}", verify.stderr);
+    assert!(
+        verify
+            .stderr
+            .contains("user_id differs from its user_logins row")
+    );
+    let refused = s.etl.run(&["keys", "reencrypt"]).await;
+    assert_eq!(refused.code, 65, "{}", refused.stderr);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.login_pii WHERE substring(ip_sealed FROM 1 FOR 2) = '\\xff02'")
+            .await,
+        0
+    );
+    swap_vault_users(&s, "old-a", "old-b").await;
+
+    // Re-encryption moves both to format 2, at the same key version.
+    let moved = s.etl.run(&["keys", "reencrypt"]).await.json();
+    assert_eq!(
+        (moved["vault"].as_u64(), moved["failed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM vault.login_pii
+             WHERE substring(ip_sealed FROM 1 FOR 2) = '\\xff02' AND key_version = 1"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        s.etl.run(&["keys", "reencrypt"]).await.json()["reencrypted"],
+        0
+    );
+    s.etl.run(&["keys", "verify"]).await.json();
+
+    // Now the user is inside the seal: swapping user_id makes reveal report an integrity error
+    // and print neither value under the wrong name; verify fails too.
+    swap_vault_users(&s, "old-a", "old-b").await;
+    let swapped = reveal(&s, "old-a").await;
+    assert_eq!(swapped.code, 65, "{}", swapped.stderr);
+    assert!(!swapped.stdout.contains("10.8.8.8") && !swapped.stdout.contains("dev-b"));
+    assert!(
+        swapped.stderr.contains("integrity error"),
+        "{}",
+        swapped.stderr
+    );
+    let verify = s.etl.run(&["keys", "verify"]).await;
+    assert_eq!(verify.code, 65);
+    s.db.drop_db().await;
+}

@@ -1,5 +1,5 @@
 //! `etl keys reencrypt`: move every vault value and quarantined body sealed under an older seal
-//! version to the active one. One transaction per batch; each row is updated only if it still
+//! version, or in the older format (AAD without table and user), to the active key and format. One transaction per batch; each row is updated only if it still
 //! has the version it was read with, so a re-run after a kill continues without double work.
 //! A batch commits only while its target key is still active.
 
@@ -11,7 +11,7 @@ use super::job_lock;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
-use crate::crypto::{Field, Keyring, Purpose, SealKey, Sealed};
+use crate::crypto::{FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
 use crate::error::Error;
 use crate::protect::reseal;
 use crate::store::rotation::{self, Resealed};
@@ -30,7 +30,8 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let version = to.version().0 as i32;
     let (mut vault, mut quarantine, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..PASSES {
-        let (vault_left, quarantine_left) = rotation::count_not_sealed_at(&pool, version).await?;
+        let (vault_left, quarantine_left) =
+            rotation::count_not_sealed_at(&pool, version, &FORMAT_2_PREFIX).await?;
         if vault_left + quarantine_left == failed as i64 {
             break; // only rows that do not open are left (reported below)
         }
@@ -68,14 +69,33 @@ async fn reseal_vault(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::vault_not_at(pool, version, &after, batch).await?;
+        let rows = rotation::vault_not_at(pool, version, &FORMAT_2_PREFIX, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
         for row in &rows {
+            // Sealing binds the vault row's user: never bind one the analysts' row contradicts
+            // (a swapped user_id would otherwise become authentic).
+            if row
+                .login_user_id
+                .as_ref()
+                .is_some_and(|u| *u != row.user_id)
+            {
+                *failed += 1;
+                tracing::error!(
+                    message_id = %row.message_id,
+                    "message {}: the vault row's user_id differs from its user_logins row; \
+                     not re-encrypted (run `etl keys verify`)",
+                    row.message_id
+                );
+                continue;
+            }
             let field = |f, v: &Option<Vec<u8>>| {
                 v.as_ref()
-                    .map(|b| reseal(keys, to, &row.message_id, f, &Sealed::from_bytes(b.clone())))
+                    .map(|b| {
+                        let place = Place::login(&row.message_id, &row.user_id, f);
+                        reseal(keys, to, &place, &Sealed::from_bytes(b.clone()))
+                    })
                     .transpose()
             };
             match (
@@ -119,7 +139,8 @@ async fn reseal_quarantine(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::quarantine_not_at(pool, version, &after, batch).await?;
+        let rows =
+            rotation::quarantine_not_at(pool, version, &FORMAT_2_PREFIX, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
@@ -127,8 +148,7 @@ async fn reseal_quarantine(
             match reseal(
                 keys,
                 to,
-                &row.message_id,
-                Field::Body,
+                &Place::body(&row.message_id),
                 &Sealed::from_bytes(row.body_sealed.clone()),
             ) {
                 Ok(body) => resealed.push((

@@ -15,7 +15,7 @@ use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
 use crate::crypto::{Keyring, Sealed, Token, TokenKey};
 use crate::error::Error;
-use crate::protect::tokens_of;
+use crate::protect::{SealedLogin, tokens_of};
 use crate::store::rotation::{self, SealedRow};
 use crate::store::{self, StoreError};
 
@@ -114,7 +114,13 @@ fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64)
     for row in rows {
         let sealed = |v: &Option<Vec<u8>>| v.clone().map(Sealed::from_bytes);
         let (ip, device) = (sealed(&row.ip_sealed), sealed(&row.device_id_sealed));
-        match tokens_of(keys, token, &row.message_id, ip.as_ref(), device.as_ref()) {
+        let login = SealedLogin {
+            message_id: &row.message_id,
+            user_id: &row.user_id,
+            ip: ip.as_ref(),
+            device_id: device.as_ref(),
+        };
+        match tokens_of(keys, token, login) {
             Ok((ip, device)) => staged.push((
                 row.message_id.clone(),
                 ip.map(Token::into_string),

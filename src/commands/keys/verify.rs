@@ -1,5 +1,6 @@
-//! `etl keys verify`: every sealed value opens under its AAD, and every token equals the token
-//! recomputed from the opened original with the row's token version. Prints counts only.
+//! `etl keys verify`: every sealed value opens under its AAD, every token equals the token
+//! recomputed from the opened original with the row's token version, and every vault row names
+//! the same user as its `user_logins` row. Prints counts only.
 
 use std::time::Instant;
 
@@ -7,9 +8,9 @@ use serde_json::json;
 
 use crate::commands::progress::Progress;
 use crate::commands::{Context, print_line};
-use crate::crypto::{Field, KeyVersion, Sealed};
+use crate::crypto::{Field, KeyVersion, Place, Sealed};
 use crate::error::Error;
-use crate::protect::tokens_of;
+use crate::protect::{SealedLogin, tokens_of};
 use crate::store::{self, rotation};
 
 /// Scans everything in pages of `batch` rows.
@@ -28,6 +29,18 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
             vault_rows += 1;
             let sealed = |v: &Option<Vec<u8>>| v.clone().map(Sealed::from_bytes);
             let (ip, device) = (sealed(&row.ip_sealed), sealed(&row.device_id_sealed));
+            // Reveal and erase find originals by the vault's user_id: it must be the login's.
+            if row
+                .login_user_id
+                .as_ref()
+                .is_some_and(|u| *u != row.user_id)
+            {
+                mismatched += 1;
+                eprintln!(
+                    "error: message {}: the vault row's user_id differs from its user_logins row",
+                    row.message_id
+                );
+            }
             // `retire` trusts the key_version column: it must name the key inside the values.
             let labelled = KeyVersion(row.key_version as u32);
             if [&ip, &device]
@@ -45,7 +58,8 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 // No analysts' row carries a token for it (cannot happen for rows piivault wrote).
                 for (field, value) in [(Field::Ip, &ip), (Field::DeviceId, &device)] {
                     if let Some(v) = value
-                        && let Err(e) = keys.open(&row.message_id, field, v)
+                        && let Err(e) =
+                            keys.open(&Place::login(&row.message_id, &row.user_id, field), v)
                     {
                         failed += 1;
                         eprintln!("error: {e}");
@@ -61,13 +75,13 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 );
                 continue;
             };
-            match tokens_of(
-                &keys,
-                token_key,
-                &row.message_id,
-                ip.as_ref(),
-                device.as_ref(),
-            ) {
+            let login = SealedLogin {
+                message_id: &row.message_id,
+                user_id: &row.user_id,
+                ip: ip.as_ref(),
+                device_id: device.as_ref(),
+            };
+            match tokens_of(&keys, token_key, login) {
                 Ok((ip_token, device_token)) => {
                     tokens_checked += 1;
                     let same = ip_token.as_ref().map(|t| t.as_str()) == row.masked_ip.as_deref()
@@ -106,8 +120,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 );
             }
             if let Err(e) = keys.open(
-                &row.message_id,
-                Field::Body,
+                &Place::body(&row.message_id),
                 &Sealed::from_bytes(row.body_sealed.clone()),
             ) {
                 failed += 1;
