@@ -183,11 +183,12 @@ pub async fn try_job_lock(pool: &PgPool) -> Result<Option<JobLock>, StoreError> 
     Ok(locked.then_some(JobLock(conn)))
 }
 
-/// Compacts the key table so shredded key bytes leave the heap (best effort; needs ownership).
-pub async fn vacuum(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query("VACUUM vault.data_keys")
-        .execute(pool)
+/// Rewrites the key table into a fresh file in `tx` (`vault.rewrite_data_keys()`), so that no
+/// destroyed or superseded wrapped key stays in its pages once `tx` commits; returns the rows
+/// kept.
+pub async fn rewrite(tx: &mut Tx<'_>) -> Result<i32, StoreError> {
+    sqlx::query_scalar("SELECT vault.rewrite_data_keys()")
+        .fetch_one(&mut **tx)
         .await
-        .map_err(StoreError::during("vacuuming vault.data_keys"))?;
-    Ok(())
+        .map_err(StoreError::during("rewriting vault.data_keys"))
 }

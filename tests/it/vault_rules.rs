@@ -450,3 +450,89 @@ async fn seals_bind_their_user_and_older_seals_move_to_the_new_format() {
     assert_eq!(verify.code, 65);
     s.db.drop_db().await;
 }
+
+/// The key table's file as it is on disk (after a checkpoint), with its path.
+async fn key_table_file(s: &Setup) -> (String, Vec<u8>) {
+    sqlx::query("CHECKPOINT").execute(&s.db.pool).await.unwrap();
+    sqlx::query_as(
+        "SELECT pg_relation_filepath('vault.data_keys'), pg_read_binary_file(pg_relation_filepath('vault.data_keys'))",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap()
+}
+
+/// Whether the file at `path` (relative to the data directory; may be gone) holds `needle`.
+async fn file_holds(s: &Setup, path: &str, needle: &[u8]) -> bool {
+    let bytes: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pg_read_binary_file($1, 0, 1000000000, true)")
+            .bind(path)
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+    bytes.is_some_and(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+async fn wrapped(s: &Setup, purpose: &str, version: i32) -> Vec<u8> {
+    sqlx::query_scalar("SELECT wrapped FROM vault.data_keys WHERE purpose = $1 AND version = $2")
+        .bind(purpose)
+        .bind(version)
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retire_and_rewrap_leave_no_old_wrapped_key_in_the_table_files() {
+    let s = Setup::new().await;
+    let (admin, admin_url) = s.login("piivault_admin").await;
+    let etl = s.etl.clone().with("DATABASE_URL", &admin_url);
+    etl.run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
+
+    // Retire, as the documented admin login (not the table's owner).
+    let old = wrapped(&s, "seal", 1).await;
+    let (before_path, before) = key_table_file(&s).await;
+    assert!(
+        before.windows(old.len()).any(|w| w == old),
+        "the check can see a wrapped key in the file"
+    );
+    etl.run(&["keys", "retire", "--purpose", "seal", "--version", "1"])
+        .await
+        .json();
+    let (after_path, after) = key_table_file(&s).await;
+    assert!(
+        !after.windows(old.len()).any(|w| w == old),
+        "retired key still in {after_path}"
+    );
+    assert!(
+        !file_holds(&s, &before_path, &old).await,
+        "retired key left in the old file"
+    );
+
+    // Rewrap to another KEK: no key wrapped under the old one stays behind.
+    let superseded = [wrapped(&s, "seal", 2).await, wrapped(&s, "token", 1).await];
+    let next = crate::support::TestKek::new();
+    let (rewrap_path, _) = key_table_file(&s).await;
+    etl.run(&["keys", "rewrap", "--to-kek", &next.uri()])
+        .await
+        .json();
+    let (now_path, now) = key_table_file(&s).await;
+    for old in &superseded {
+        assert!(
+            !now.windows(old.len()).any(|w| w == old),
+            "superseded wrap in {now_path}"
+        );
+        assert!(!file_holds(&s, &rewrap_path, old).await);
+    }
+    // The keys still open everything under the new KEK.
+    s.etl
+        .clone()
+        .with("PIIVAULT_KEK", &next.uri())
+        .run(&["keys", "verify"])
+        .await
+        .json();
+    s.drop_logins(&[admin]).await;
+    s.db.drop_db().await;
+}

@@ -61,14 +61,18 @@ pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Er
         )));
     }
     store::keys::shred(&mut tx, name, key.version).await?;
+    // An UPDATE leaves the old row version in the table's pages: rewrite the table in the same
+    // transaction, or retire nothing.
+    store::keys::rewrite(&mut tx).await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the retirement"))?;
-    // The shredded bytes linger in the old row version until VACUUM (and in WAL and backups).
-    if let Err(e) = store::keys::vacuum(&pool).await {
-        tracing::warn!("could not VACUUM vault.data_keys ({e}); run it as the table owner");
-    }
-    tracing::info!(%purpose, version, "retired: wrapped key destroyed");
+    tracing::info!(
+        %purpose,
+        version,
+        "retired: wrapped key destroyed and gone from the key table's files \
+         (WAL archives and backups keep it until they expire)"
+    );
     print_line(
         &json!({"retired": {"purpose": name, "version": version}, "already": false}).to_string(),
     )

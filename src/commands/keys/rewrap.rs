@@ -36,6 +36,8 @@ pub async fn run(ctx: &Context, to: &str) -> Result<(), Error> {
         store::keys::rewrap(&mut tx, &row.purpose, row.version, &to_uri, &wrapped).await?;
         rewrapped += 1;
     }
+    // Leave no key wrapped under the old KEK in the table's pages.
+    store::keys::rewrite(&mut tx).await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing re-wrapped keys"))?;
