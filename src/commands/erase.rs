@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::reveal::{check_reason, os_user};
-use super::{Context, print_line};
+use super::{Context, begin_job, print_line};
 use crate::audit::{self, Entry};
 use crate::crypto::{Place, Purpose, Sealed, chain};
 use crate::error::Error;
@@ -37,6 +37,12 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
     let pool = ctx.pool(1).await?;
     // Seal keys open quarantined bodies to find the ones naming this user.
     let keys = keystore::load_only(&pool, &ctx.kek().await?, Some(Purpose::Seal)).await?;
+    // Finding the user's quarantined bodies opens them: audited (and committed) first.
+    let scan = format!(
+        "user_id={}: quarantined bodies naming the user",
+        args.user_id
+    );
+    let job = begin_job(&pool, "erase", &scan, &args.reason).await?;
     let mut tx = pool
         .begin()
         .await
@@ -45,7 +51,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
     let mut theirs = Vec::new();
     let mut after = String::new();
     loop {
-        let page = store::quarantine::page(&mut *tx, None, &after, PAGE).await?;
+        let page = store::quarantine::page(&mut *tx, job, None, &after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.message_id.clone();
         for row in page {
@@ -78,6 +84,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
     tx.commit()
         .await
         .map_err(StoreError::during("committing the erasure"))?;
+    store::jobs::end(&pool, job).await?;
     tracing::info!(audit_id, "erasure committed");
     print_line(&json!({"erased": {"user_logins": logins, "vault": vault.len(), "quarantine": quarantine}, "audit_id": audit_id}).to_string())
 }

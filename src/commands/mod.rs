@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::error::Error;
 use crate::kek::Kek;
+use crate::store::jobs::{JobId, JobStart};
 use crate::{keystore, store};
 
 /// What every command gets: settings and the stop signal (SIGINT/SIGTERM).
@@ -84,4 +85,22 @@ pub fn print_line(line: &str) -> Result<(), Error> {
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
+}
+
+/// Starts an audited key job (`vault.job_begin()`): its audit row commits before any sealed
+/// value can be read for it.
+pub async fn begin_job(
+    pool: &PgPool,
+    action: &str,
+    selector: &str,
+    reason: &str,
+) -> Result<JobId, Error> {
+    let actor = reveal::os_user();
+    let start = JobStart {
+        action,
+        selector,
+        reason,
+        actor: &actor,
+    };
+    Ok(store::jobs::begin(pool, &start).await?)
 }

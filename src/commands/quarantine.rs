@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::{Context, output, print_line};
+use super::{Context, begin_job, output, print_line};
 use crate::crypto::{Place, Sealed};
 use crate::error::Error;
 use crate::protect::{self, Record, WriteKeys};
@@ -90,10 +90,15 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
             .active_token()
             .ok_or(Error::NoKeys(crate::crypto::Purpose::Token))?,
     };
+    let selector = match only {
+        Some(id) => format!("message_id={id}"),
+        None => "all quarantined bodies".to_owned(),
+    };
+    let job = begin_job(pool, "replay", &selector, "etl quarantine replay").await?;
     let (mut loaded, mut kept, mut failed) = (0u64, 0u64, 0u64);
     let mut after = String::new();
     loop {
-        let page = store::quarantine::page(pool, only, &after, 500).await?;
+        let page = store::quarantine::page(pool, job, only, &after, 500).await?;
         let Some(last) = page.last() else { break };
         after = last.message_id.clone();
         for entry in page {
@@ -147,6 +152,7 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
             }
         }
     }
+    store::jobs::end(pool, job).await?;
     print_line(&json!({"loaded": loaded, "kept": kept, "failed": failed}).to_string())?;
     if failed > 0 {
         return Err(Error::Verify {

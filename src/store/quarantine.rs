@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
+use super::jobs::JobId;
 
 /// One quarantined message, without its body.
 #[derive(sqlx::FromRow)]
@@ -33,17 +34,20 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Entry>, StoreError> {
 }
 
 /// The next page of sealed bodies after `after`, in `message_id` order (only `only`, when
-/// given). Runs on a pool or inside the caller's transaction.
+/// given), for an open key job (`vault.job_quarantine_rows()`). Runs on a pool or inside the
+/// caller's transaction.
 pub async fn page<'c, E: Executor<'c, Database = Postgres>>(
     executor: E,
+    job: JobId,
     only: Option<&str>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, received_at, key_version, body_sealed FROM etl.quarantine
-         WHERE ($1::text IS NULL OR message_id = $1) AND message_id > $2 ORDER BY message_id LIMIT $3",
+        "SELECT message_id, received_at, key_version, body_sealed
+         FROM vault.job_quarantine_rows($1, $2, NULL, NULL, $3, $4)",
     )
+    .bind(job.0)
     .bind(only)
     .bind(after)
     .bind(limit)

@@ -1,10 +1,12 @@
 //! Batch reads and writes for the key jobs (`keys reencrypt | retokenize | verify | retire`).
 //! Pages are keyset-paginated by `message_id`, so every job is resumable and makes progress even
-//! past rows it cannot process.
+//! past rows it cannot process. Sealed values are read through the definer functions of
+//! migration 0011, for an open [`JobId`]: the admin role cannot select them itself.
 
 use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
+use super::jobs::JobId;
 use super::quarantine::SealedBody;
 
 type Tx<'a> = Transaction<'a, Postgres>;
@@ -53,48 +55,37 @@ fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 
 /// Vault rows and quarantined bodies not sealed under `version` in the current format (whose
 /// values do not start with `current_prefix`, given by the caller: this module knows no format).
+/// Counted by `vault.count_not_sealed_at()`: the admin role cannot read sealed columns.
 pub async fn count_not_sealed_at(
     pool: &PgPool,
     version: i32,
     current_prefix: &[u8],
 ) -> Result<(i64, i64), StoreError> {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM vault.login_pii
-                 WHERE key_version <> $1
-                    OR substring(coalesce(ip_sealed, device_id_sealed) FROM 1 FOR 2) <> $2),
-                (SELECT count(*) FROM etl.quarantine
-                 WHERE key_version <> $1 OR substring(body_sealed FROM 1 FOR 2) <> $2)",
-    )
-    .bind(version)
-    .bind(current_prefix)
-    .fetch_one(pool)
-    .await
-    .map_err(during("counting rows to re-encrypt"))
+    sqlx::query_as("SELECT vault, quarantine FROM vault.count_not_sealed_at($1, $2)")
+        .bind(version)
+        .bind(current_prefix)
+        .fetch_one(pool)
+        .await
+        .map_err(during("counting rows to re-encrypt"))
 }
 
 /// The next page of vault rows not sealed under `version` in the current format, after
 /// `after`, with their analysts' row's user.
 pub async fn vault_not_at(
     pool: &PgPool,
+    job: JobId,
     version: i32,
     current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
-    sqlx::query_as(
-        "SELECT p.message_id, p.user_id, u.user_id AS login_user_id, p.key_version, p.ip_sealed,
-                p.device_id_sealed
-         FROM vault.login_pii p LEFT JOIN user_logins u USING (message_id)
-         WHERE (p.key_version <> $1
-                OR substring(coalesce(p.ip_sealed, p.device_id_sealed) FROM 1 FOR 2) <> $2)
-           AND p.message_id > $3
-         ORDER BY p.message_id LIMIT $4",
+    job_vault_rows(
+        pool,
+        job,
+        Filter::NotSealedAt(version, current_prefix),
+        after,
+        limit,
     )
-    .bind(version)
-    .bind(current_prefix)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
     .await
     .map_err(during("reading vault rows to re-encrypt"))
 }
@@ -121,16 +112,17 @@ pub async fn reseal_vault(tx: &mut Tx<'_>, rows: &[Resealed]) -> Result<u64, Sto
 /// The next page of quarantined bodies not sealed under `version` in the current format.
 pub async fn quarantine_not_at(
     pool: &PgPool,
+    job: JobId,
     version: i32,
     current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
-        "SELECT message_id, received_at, key_version, body_sealed FROM etl.quarantine
-         WHERE (key_version <> $1 OR substring(body_sealed FROM 1 FOR 2) <> $2)
-           AND message_id > $3 ORDER BY message_id LIMIT $4",
+        "SELECT message_id, received_at, key_version, body_sealed
+         FROM vault.job_quarantine_rows($1, NULL, $2, $3, $4, $5)",
     )
+    .bind(job.0)
     .bind(version)
     .bind(current_prefix)
     .bind(after)
@@ -174,38 +166,64 @@ pub async fn count_unstaged(pool: &PgPool) -> Result<i64, StoreError> {
 /// Rows not staged yet, with their sealed originals (the swap's final pass, under lock).
 pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
     executor: E,
+    job: JobId,
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
-    sqlx::query_as(
-        "SELECT p.message_id, p.user_id, p.key_version, p.ip_sealed, p.device_id_sealed
-         FROM user_logins u JOIN vault.login_pii p USING (message_id)
-         WHERE u.message_id > $1
-           AND NOT EXISTS (SELECT 1 FROM etl.token_next n WHERE n.message_id = u.message_id)
-         ORDER BY u.message_id LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(executor)
-    .await
-    .map_err(during("reading rows to re-tokenize"))
+    job_vault_rows(executor, job, Filter::Unstaged, after, limit)
+        .await
+        .map_err(during("reading rows to re-tokenize"))
 }
 
 /// The next page of vault rows after `after`, in `message_id` order (a plain index range).
 pub async fn vault_page(
     pool: &PgPool,
+    job: JobId,
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
+    job_vault_rows(pool, job, Filter::All, after, limit)
+        .await
+        .map_err(during("reading vault rows to re-tokenize"))
+}
+
+/// Which vault rows a job page holds (`vault.job_vault_rows()`'s filter).
+enum Filter<'a> {
+    All,
+    NotSealedAt(i32, &'a [u8]),
+    Unstaged,
+}
+
+/// One page of a job's vault rows, with the analysts' row's user and tokens.
+async fn job_vault_rows<'c, E, R>(
+    executor: E,
+    job: JobId,
+    filter: Filter<'_>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<R>, sqlx::Error>
+where
+    E: Executor<'c, Database = Postgres>,
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let (name, version, prefix) = match filter {
+        Filter::All => ("all", None, None),
+        Filter::NotSealedAt(v, p) => ("not_sealed_at", Some(v), Some(p)),
+        Filter::Unstaged => ("unstaged", None, None),
+    };
     sqlx::query_as(
-        "SELECT message_id, user_id, key_version, ip_sealed, device_id_sealed FROM vault.login_pii
-         WHERE message_id > $1 ORDER BY message_id LIMIT $2",
+        "SELECT message_id, user_id, login_user_id, key_version, ip_sealed, device_id_sealed,
+                masked_ip, masked_device_id, token_version
+         FROM vault.job_vault_rows($1, $2, $3, $4, $5, $6)",
     )
+    .bind(job.0)
+    .bind(name)
+    .bind(version)
+    .bind(prefix)
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
-    .map_err(during("reading vault rows to re-tokenize"))
 }
 
 /// The highest staged message id: staging runs in id order, so a re-run resumes after it.
@@ -278,20 +296,13 @@ pub async fn apply_staged(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
 /// The next page of vault rows with their analysts' tokens.
 pub async fn vault_with_tokens(
     pool: &PgPool,
+    job: JobId,
     after: &str,
     limit: i64,
 ) -> Result<Vec<VerifyRow>, StoreError> {
-    sqlx::query_as(
-        "SELECT p.message_id, p.user_id, u.user_id AS login_user_id, p.key_version, p.ip_sealed,
-                p.device_id_sealed, u.masked_ip, u.masked_device_id, u.token_version
-         FROM vault.login_pii p LEFT JOIN user_logins u USING (message_id)
-         WHERE p.message_id > $1 ORDER BY p.message_id LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(during("reading vault rows to verify"))
+    job_vault_rows(pool, job, Filter::All, after, limit)
+        .await
+        .map_err(during("reading vault rows to verify"))
 }
 
 /// Blocks writers of sealed values until the transaction ends, and waits for those in flight

@@ -27,12 +27,14 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     let (auditor, auditor_url) = s.login("piivault_auditor").await;
     let (etl, etl_url) = s.login("piivault_etl").await;
     let (analyst, analyst_url) = s.login("piivault_analyst").await;
+    let (admin, admin_url) = s.login("piivault_admin").await;
 
     // Direct reads of sealed values: refused for every role but the owner.
     for (who, url) in [
         ("auditor", &auditor_url),
         ("etl", &etl_url),
         ("analyst", &analyst_url),
+        ("admin", &admin_url),
     ] {
         for sql in [
             "SELECT ip_sealed FROM vault.login_pii",
@@ -108,7 +110,104 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     assert_eq!(audit.6, 2);
     s.etl.run(&["audit", "verify"]).await.json();
 
-    s.drop_logins(&[auditor, etl, analyst]).await;
+    s.drop_logins(&[auditor, etl, analyst, admin]).await;
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    let (admin, admin_url) = s.login("piivault_admin").await;
+    let (other, other_url) = s.login("piivault_admin").await;
+    let (auditor, auditor_url) = s.login("piivault_auditor").await;
+    let page =
+        |job: i64| format!("SELECT * FROM vault.job_vault_rows({job}, 'all', NULL, NULL, '', 10)");
+
+    // No job, an invented job, another login's job: refused. The auditor may not start one.
+    assert_eq!(attempt(&admin_url, &page(1)).await, DENIED);
+    assert_eq!(
+        attempt(
+            &auditor_url,
+            "SELECT vault.job_begin('verify', 'all', 'sneaky verify run', 'x')"
+        )
+        .await,
+        DENIED
+    );
+    let pool = PgPool::connect(&admin_url).await.unwrap();
+    let job: i64 = sqlx::query_scalar(
+        "SELECT vault.job_begin('verify', 'all sealed values', 'manual check by psql', 'mallory')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempt(&other_url, &page(job)).await,
+        DENIED,
+        "another login's job"
+    );
+    // The admin's own job reads, and its audit row (with the rows in scope) is already there.
+    let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT message_id, ip_sealed FROM vault.job_vault_rows({job}, 'all', NULL, NULL, '', 10)"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    let (action, db_role, records): (String, String, i32) = sqlx::query_as(
+        "SELECT action, db_role, records FROM vault.reveal_audit ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (action.as_str(), db_role.as_str(), records),
+        ("verify", admin.as_str(), 3)
+    );
+    // An ended job serves nothing more.
+    sqlx::query("SELECT vault.job_end($1)")
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(attempt(&admin_url, &page(job)).await, DENIED, "ended job");
+
+    // The real key jobs, run as the admin login, each leave their row.
+    let etl = s.etl.clone().with("DATABASE_URL", &admin_url);
+    etl.run(&["keys", "verify"]).await.json();
+    etl.run(&["keys", "rotate", "--purpose", "seal"])
+        .await
+        .json();
+    etl.run(&["keys", "reencrypt"]).await.json();
+    etl.run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    etl.run(&["keys", "retokenize"]).await.json();
+    etl.run(&["quarantine", "replay", "--all"]).await.json();
+    etl.run(&["erase", "--user-id", "g2", "--reason", "erasure request 12"])
+        .await
+        .json();
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM vault.reveal_audit WHERE db_role = $1 ORDER BY id")
+            .bind(&admin)
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "verify",
+            "verify",
+            "reencrypt",
+            "retokenize",
+            "replay",
+            "erase",
+            "erase"
+        ]
+    );
+    s.etl.run(&["audit", "verify"]).await.json();
+    s.drop_logins(&[admin, other, auditor]).await;
     s.db.drop_db().await;
 }
 
@@ -222,7 +321,18 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
     let names: Vec<&str> = functions.iter().map(|f| f.0.as_str()).collect();
     assert_eq!(
         names,
-        ["audit_append", "audit_write", "reveal", "shared_tokens"]
+        [
+            "audit_append",
+            "audit_write",
+            "count_not_sealed_at",
+            "job_begin",
+            "job_end",
+            "job_quarantine_rows",
+            "job_vault_rows",
+            "reveal",
+            "rewrite_data_keys",
+            "shared_tokens"
+        ]
     );
     for (name, owner, _, config) in &functions {
         assert_eq!(owner, "piivault_definer", "{name}");

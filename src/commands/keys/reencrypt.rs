@@ -10,10 +10,12 @@ use serde_json::json;
 use super::job_lock;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
-use crate::commands::{Context, print_line};
+use crate::commands::{Context, begin_job, print_line};
 use crate::crypto::{FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
 use crate::error::Error;
 use crate::protect::reseal;
+use crate::store;
+use crate::store::jobs::JobId;
 use crate::store::rotation::{self, Resealed};
 use sqlx::PgPool;
 
@@ -28,6 +30,13 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let keys = ctx.keyring(&pool).await?;
     let to = keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
     let version = to.version().0 as i32;
+    let job = begin_job(
+        &pool,
+        "reencrypt",
+        "all sealed values",
+        "etl keys reencrypt",
+    )
+    .await?;
     let (mut vault, mut quarantine, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..PASSES {
         let (vault_left, quarantine_left) =
@@ -37,11 +46,12 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         }
         failed = 0;
         let mut progress = Progress::new("reencrypt", (vault_left + quarantine_left) as u64);
-        vault += reseal_vault(&pool, &keys, to, batch, &mut progress, &mut failed).await?;
+        vault += reseal_vault(&pool, job, &keys, to, batch, &mut progress, &mut failed).await?;
         quarantine +=
-            reseal_quarantine(&pool, &keys, to, batch, &mut progress, &mut failed).await?;
+            reseal_quarantine(&pool, job, &keys, to, batch, &mut progress, &mut failed).await?;
         progress.finish();
     }
+    store::jobs::end(&pool, job).await?;
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     print_line(
         &json!({"reencrypted": vault + quarantine, "vault": vault, "quarantine": quarantine,
@@ -59,6 +69,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
 
 async fn reseal_vault(
     pool: &PgPool,
+    job: JobId,
     keys: &Keyring,
     to: &SealKey,
     batch: i64,
@@ -69,7 +80,8 @@ async fn reseal_vault(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::vault_not_at(pool, version, &FORMAT_2_PREFIX, &after, batch).await?;
+        let rows =
+            rotation::vault_not_at(pool, job, version, &FORMAT_2_PREFIX, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
@@ -129,6 +141,7 @@ async fn reseal_vault(
 
 async fn reseal_quarantine(
     pool: &PgPool,
+    job: JobId,
     keys: &Keyring,
     to: &SealKey,
     batch: i64,
@@ -139,8 +152,8 @@ async fn reseal_quarantine(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows =
-            rotation::quarantine_not_at(pool, version, &FORMAT_2_PREFIX, &after, batch).await?;
+        let rows = rotation::quarantine_not_at(pool, job, version, &FORMAT_2_PREFIX, &after, batch)
+            .await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
-use crate::commands::{Context, print_line};
+use crate::commands::{Context, begin_job, print_line};
 use crate::crypto::{Keyring, Sealed, Token, TokenKey};
 use crate::error::Error;
 use crate::protect::{SealedLogin, tokens_of};
@@ -33,6 +33,13 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     };
     let version = pending.version().0 as i32;
     rotation::discard_stale_staged(&pool, version).await?;
+    let job = begin_job(
+        &pool,
+        "retokenize",
+        "all vault values",
+        "etl keys retokenize",
+    )
+    .await?;
     let mut progress = Progress::new("retokenize", rotation::count_unstaged(&pool).await? as u64);
     let mut failed = 0u64;
     let mut writes = WriteBehind::default();
@@ -41,7 +48,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     // caught by the swap's final pass.
     let mut after = rotation::last_staged(&pool).await?.unwrap_or_default();
     loop {
-        let rows = rotation::vault_page(&pool, &after, batch).await?;
+        let rows = rotation::vault_page(&pool, job, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let staged = stage(&keys, pending, &rows, &mut failed);
@@ -66,7 +73,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         .map_err(StoreError::during("starting a transaction"))?;
     rotation::lock_user_logins(&mut tx).await?;
     store::keys::lock(&mut tx).await?;
-    let stragglers = rotation::unstaged(&mut *tx, "", i64::MAX).await?;
+    let stragglers = rotation::unstaged(&mut *tx, job, "", i64::MAX).await?;
     let staged = stage(&keys, pending, &stragglers, &mut failed);
     if failed > 0 {
         return Err(Error::Verify {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::commands::progress::Progress;
-use crate::commands::{Context, print_line};
+use crate::commands::{Context, begin_job, print_line};
 use crate::crypto::{Field, KeyVersion, Place, Sealed};
 use crate::error::Error;
 use crate::protect::{SealedLogin, tokens_of};
@@ -18,11 +18,12 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let started = Instant::now();
     let pool = ctx.pool(2).await?;
     let keys = ctx.keyring(&pool).await?;
+    let job = begin_job(&pool, "verify", "all sealed values", "etl keys verify").await?;
     let mut progress = Progress::new("verify", 0);
     let (mut vault_rows, mut tokens_checked, mut failed, mut mismatched) = (0u64, 0u64, 0u64, 0u64);
     let mut after = String::new();
     loop {
-        let rows = rotation::vault_with_tokens(&pool, &after, batch).await?;
+        let rows = rotation::vault_with_tokens(&pool, job, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         for row in &rows {
@@ -106,7 +107,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let mut quarantine_rows = 0u64;
     let mut after = String::new();
     loop {
-        let rows = store::quarantine::page(&pool, None, &after, batch).await?;
+        let rows = store::quarantine::page(&pool, job, None, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         for row in &rows {
@@ -130,6 +131,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         progress.add(rows.len() as u64);
     }
     progress.finish();
+    store::jobs::end(&pool, job).await?;
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     print_line(
         &json!({"vault_rows": vault_rows, "quarantine_rows": quarantine_rows, "tokens_checked": tokens_checked,
