@@ -14,6 +14,13 @@ pub enum ConfigError {
         var: &'static str,
         hint: &'static str,
     },
+    /// A variable is set to a value it cannot take.
+    #[error("{var} {problem}.\n{hint}")]
+    Invalid {
+        var: &'static str,
+        problem: String,
+        hint: &'static str,
+    },
 }
 
 /// A database URL; its `Debug` hides the password.
@@ -52,20 +59,28 @@ pub struct Settings {
     pub queue_url: Option<String>,
     /// `PIIVAULT_KEK` (or `--kek`): `file:<path>` or `kms:<key>`.
     pub kek: Option<String>,
+    /// `PIIVAULT_DEPLOYMENT` (or `--deployment`): the deployment data keys are wrapped for
+    /// (`prod-eu1`); unset, the database's name stands in.
+    pub deployment: Option<String>,
 }
+
+/// Longest deployment name accepted (a KMS encryption-context value, and an IAM condition).
+pub const DEPLOYMENT_MAX_LEN: usize = 64;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 impl Settings {
-    /// Reads `DATABASE_URL`, `PIIVAULT_REVEAL_DATABASE_URL`, `SQS_QUEUE_URL`, `PIIVAULT_KEK`.
+    /// Reads `DATABASE_URL`, `PIIVAULT_REVEAL_DATABASE_URL`, `SQS_QUEUE_URL`, `PIIVAULT_KEK`,
+    /// `PIIVAULT_DEPLOYMENT`.
     pub fn from_env() -> Settings {
         Settings {
             database_url: var("DATABASE_URL").map(DatabaseUrl),
             reveal_database_url: var("PIIVAULT_REVEAL_DATABASE_URL").map(DatabaseUrl),
             queue_url: var("SQS_QUEUE_URL"),
             kek: var("PIIVAULT_KEK"),
+            deployment: var("PIIVAULT_DEPLOYMENT"),
         }
     }
 
@@ -89,11 +104,59 @@ impl Settings {
     pub fn kek_uri(&self) -> Result<KekUri, KekError> {
         self.kek.as_deref().ok_or(KekError::Missing)?.parse()
     }
+
+    /// The configured deployment name, checked; `None` when unset (the database's name applies).
+    /// 1 to 64 of `A-Z a-z 0-9 . _ - : /`: no spaces or quotes to get wrong in an IAM condition.
+    pub fn deployment(&self) -> Result<Option<String>, ConfigError> {
+        let Some(name) = self.deployment.as_deref() else {
+            return Ok(None);
+        };
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-:/".contains(c);
+        let problem = if name.len() > DEPLOYMENT_MAX_LEN {
+            format!(
+                "is {} characters long (at most {DEPLOYMENT_MAX_LEN})",
+                name.len()
+            )
+        } else if let Some(c) = name.chars().find(|&c| !allowed(c)) {
+            format!("contains {c:?}")
+        } else {
+            return Ok(Some(name.to_owned()));
+        };
+        Err(ConfigError::Invalid {
+            var: "PIIVAULT_DEPLOYMENT",
+            problem,
+            hint: "Name the deployment with letters, digits and . _ - : / only, e.g. prod-eu1.",
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deployment_names_are_checked() {
+        let with = |d: Option<&str>| Settings {
+            deployment: d.map(str::to_owned),
+            ..Settings::default()
+        };
+        assert_eq!(with(None).deployment().unwrap(), None);
+        assert_eq!(
+            with(Some("prod-eu1")).deployment().unwrap().as_deref(),
+            Some("prod-eu1")
+        );
+        assert_eq!(
+            with(Some("acme/prod:eu_1.a"))
+                .deployment()
+                .unwrap()
+                .as_deref(),
+            Some("acme/prod:eu_1.a")
+        );
+        for bad in ["prod eu1", "prod\"", "prød", &"x".repeat(65)] {
+            let err = with(Some(bad)).deployment().unwrap_err().to_string();
+            assert!(err.starts_with("PIIVAULT_DEPLOYMENT "), "{err}");
+        }
+    }
 
     #[test]
     fn debug_hides_the_database_password() {

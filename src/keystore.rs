@@ -1,14 +1,63 @@
 //! Loading the keyring: wrapped rows from [`store::keys`], unwrapped by the [`Kek`], built into a
 //! [`Keyring`]. Retired keys have no key material left and are skipped. Knows no SQL and no
 //! cipher: it only connects the three.
+//!
+//! Deployments: a key is unwrapped under the context its row records (`deployment`, or the
+//! legacy context when NULL), but only after checking that the row belongs to the deployment
+//! this process serves ([`deployment`]); a key copied in from another deployment is refused by
+//! name, before any KEK call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgPool;
 use zeroize::Zeroizing;
 
 use crate::crypto::{KeyState, KeyVersion, Keyring, Purpose, SealKey, TokenKey};
 use crate::error::Error;
-use crate::kek::Kek;
+use crate::kek::{Kek, KekError, WrapContext};
 use crate::store::{self, keys::DataKeyRow};
+
+/// The deployment a process serves: `PIIVAULT_DEPLOYMENT` as held by the KEK, else the name of
+/// the database it is connected to.
+pub fn deployment<'a>(kek: &'a Kek, database: &'a str) -> &'a str {
+    kek.deployment().unwrap_or(database)
+}
+
+/// Refuses a key wrapped for another deployment than the one this process serves.
+fn check_deployment(kek: &Kek, row: &DataKeyRow, purpose: Purpose) -> Result<(), KekError> {
+    let Some(stored) = row.deployment.as_deref() else {
+        return Ok(()); // legacy: see `warn_legacy`
+    };
+    let configured = deployment(kek, &row.database);
+    if stored == configured {
+        return Ok(());
+    }
+    Err(KekError::WrongDeployment {
+        purpose,
+        version: KeyVersion(row.version as u32),
+        stored: stored.to_owned(),
+        configured: configured.to_owned(),
+        how: match kek.deployment() {
+            Some(_) => "PIIVAULT_DEPLOYMENT",
+            None => "PIIVAULT_DEPLOYMENT unset: the database's name",
+        },
+    })
+}
+
+/// Once per process: keys under the legacy context still open, but are not bound to a deployment.
+fn warn_legacy(kek: &Kek, row: &DataKeyRow) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            purpose = %row.purpose,
+            version = row.version,
+            deployment = deployment(kek, &row.database),
+            "vault.data_keys holds keys wrapped before deployments were bound (deployment NULL): \
+             a copy of them would unwrap in any deployment sharing the KEK. Run \
+             `etl keys rewrap --to-kek <the current PIIVAULT_KEK>` to bind them to this deployment."
+        );
+    }
+}
 
 /// One stored key, unwrapped.
 pub struct Unwrapped {
@@ -18,7 +67,8 @@ pub struct Unwrapped {
     pub plain: Zeroizing<Vec<u8>>,
 }
 
-/// Parses and unwraps one stored key; `None` for a retired one.
+/// Parses and unwraps one stored key; `None` for a retired one. Refuses (exit 78) a key wrapped
+/// for another deployment than the one `kek` serves.
 pub async fn unwrap_row(kek: &Kek, row: &DataKeyRow) -> Result<Option<Unwrapped>, Error> {
     let version = KeyVersion(row.version as u32);
     let bad = |purpose| Error::BadDataKey { purpose, version };
@@ -27,7 +77,16 @@ pub async fn unwrap_row(kek: &Kek, row: &DataKeyRow) -> Result<Option<Unwrapped>
     let Some(wrapped) = &row.wrapped else {
         return Ok(None);
     };
-    let plain = kek.unwrap(purpose, version, wrapped, &row.kek_uri).await?;
+    check_deployment(kek, row, purpose)?;
+    if row.deployment.is_none() {
+        warn_legacy(kek, row);
+    }
+    let context = WrapContext {
+        purpose,
+        version,
+        deployment: row.deployment.as_deref(),
+    };
+    let plain = kek.unwrap(&context, wrapped, &row.kek_uri).await?;
     Ok(Some(Unwrapped {
         purpose,
         version,

@@ -25,6 +25,10 @@ struct Cli {
     /// SQS queue URL.
     #[arg(long, global = true, env = "SQS_QUEUE_URL", hide_env_values = true)]
     queue_url: Option<String>,
+    /// Deployment the data keys are wrapped for (KMS encryption context `deployment`), e.g.
+    /// prod-eu1. Default: the database's name; set it explicitly in every deployment.
+    #[arg(long, global = true, env = "PIIVAULT_DEPLOYMENT")]
+    deployment: Option<String>,
     /// Log lines on stderr: human-readable, or one JSON object per line for a log pipeline.
     #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
@@ -77,6 +81,10 @@ fn main() -> ExitCode {
     let mut settings = Settings::from_env();
     settings.kek = cli.kek.or(settings.kek);
     settings.queue_url = cli.queue_url.or(settings.queue_url);
+    settings.deployment = cli
+        .deployment
+        .filter(|d| !d.trim().is_empty())
+        .or(settings.deployment);
     let result = runtime.block_on(async {
         let ctx = Context {
             settings,
@@ -159,7 +167,11 @@ mod tests {
     use clap::CommandFactory;
 
     /// Variables whose values are not secret, so `--help` may show them.
-    const SHOWN: [&str; 2] = ["PIIVAULT_LOG_FORMAT", "PIIVAULT_METRICS_ADDR"];
+    const SHOWN: [&str; 3] = [
+        "PIIVAULT_LOG_FORMAT",
+        "PIIVAULT_METRICS_ADDR",
+        "PIIVAULT_DEPLOYMENT",
+    ];
 
     #[test]
     fn help_never_shows_the_value_of_a_secret_variable() {

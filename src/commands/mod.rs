@@ -67,9 +67,13 @@ impl Context {
         Ok(store::connect(url.expose(), var, 1).await?)
     }
 
-    /// Opens the KEK named by `PIIVAULT_KEK`.
+    /// Opens the KEK named by `PIIVAULT_KEK`, serving the deployment `PIIVAULT_DEPLOYMENT` names
+    /// (unset: the database's name).
     pub async fn kek(&self) -> Result<Kek, Error> {
-        Ok(Kek::open(&self.settings.kek_uri()?).await?)
+        let deployment = self.settings.deployment()?;
+        Ok(Kek::open(&self.settings.kek_uri()?)
+            .await?
+            .for_deployment(deployment))
     }
 
     /// Unwraps every stored data key with the KEK (once per process).

@@ -1,12 +1,12 @@
 //! A key-encryption key in AWS KMS: data keys are wrapped with `Encrypt` and unwrapped with
-//! `Decrypt`, both bound to the encryption context `{app, purpose, version}`.
+//! `Decrypt`, both bound to the encryption context `{app, purpose, version, deployment}`
+//! (`{app, purpose, version}` for keys wrapped before deployments were bound).
 
 use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
-use super::{KekError, context};
+use super::KekError;
 use crate::aws::{CallFailure, describe};
-use crate::crypto::{KeyVersion, Purpose};
 
 /// A KMS key (id, alias or ARN) and a client for it.
 pub struct KmsKek {
@@ -28,8 +28,7 @@ impl KmsKek {
 
     pub(super) async fn wrap(
         &self,
-        purpose: Purpose,
-        version: KeyVersion,
+        context: &[(&str, String)],
         plain: &[u8],
     ) -> Result<Vec<u8>, KekError> {
         let mut request = self
@@ -37,8 +36,8 @@ impl KmsKek {
             .encrypt()
             .key_id(&self.key_id)
             .plaintext(Blob::new(plain));
-        for (name, value) in context(purpose, version) {
-            request = request.encryption_context(name, value);
+        for (name, value) in context {
+            request = request.encryption_context(*name, value);
         }
         let output = request
             .send()
@@ -55,8 +54,7 @@ impl KmsKek {
     /// `Ok(None)` when KMS says the ciphertext or context does not match this key.
     pub(super) async fn unwrap(
         &self,
-        purpose: Purpose,
-        version: KeyVersion,
+        context: &[(&str, String)],
         wrapped: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
         let mut request = self
@@ -64,8 +62,8 @@ impl KmsKek {
             .decrypt()
             .key_id(&self.key_id)
             .ciphertext_blob(Blob::new(wrapped));
-        for (name, value) in context(purpose, version) {
-            request = request.encryption_context(name, value);
+        for (name, value) in context {
+            request = request.encryption_context(*name, value);
         }
         match request.send().await {
             Ok(output) => Ok(output

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::{KekError, context};
-use crate::crypto::{KeyVersion, Purpose, aead};
+use super::KekError;
+use crate::crypto::aead;
 
 /// A local KEK, loaded and checked. Wraps with AES-256-GCM-SIV ([`aead`]), the context as AAD.
 pub struct LocalKek {
@@ -52,25 +52,28 @@ impl LocalKek {
         &self.path
     }
 
-    pub(super) fn wrap(&self, purpose: Purpose, version: KeyVersion, plain: &[u8]) -> Vec<u8> {
+    /// Wraps with the context pairs ([`super::WrapContext`]) as AAD.
+    pub(super) fn wrap(&self, context: &[(&str, String)], plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        aead::encrypt_into(&mut out, &self.key, &aad(purpose, version), plain);
+        aead::encrypt_into(&mut out, &self.key, &aad(context), plain);
         out
     }
 
     pub(super) fn unwrap(
         &self,
-        purpose: Purpose,
-        version: KeyVersion,
+        context: &[(&str, String)],
         wrapped: &[u8],
     ) -> Option<Zeroizing<Vec<u8>>> {
-        aead::decrypt(&self.key, &aad(purpose, version), wrapped)
+        aead::decrypt(&self.key, &aad(context), wrapped)
     }
 }
 
-fn aad(purpose: Purpose, version: KeyVersion) -> Vec<u8> {
+/// `name=value\0` for each pair in order. Names are fixed; values never hold NUL (purposes,
+/// numbers, and deployment names checked in `config`), so the encoding is unambiguous. Without a
+/// deployment pair this is byte for byte the AAD of keys wrapped before deployments were bound.
+fn aad(context: &[(&str, String)]) -> Vec<u8> {
     let mut aad = Vec::new();
-    for (name, value) in context(purpose, version) {
+    for (name, value) in context {
         aad.extend_from_slice(name.as_bytes());
         aad.push(b'=');
         aad.extend_from_slice(value.as_bytes());
@@ -82,6 +85,8 @@ fn aad(purpose: Purpose, version: KeyVersion) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{KeyVersion, Purpose};
+    use crate::kek::WrapContext;
 
     fn key_file(dir: &Path, mode: u32, len: usize) -> PathBuf {
         let path = dir.join("kek.bin");
@@ -108,19 +113,51 @@ mod tests {
         ));
     }
 
+    fn pairs(
+        purpose: Purpose,
+        version: u32,
+        deployment: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        WrapContext {
+            purpose,
+            version: KeyVersion(version),
+            deployment,
+        }
+        .pairs()
+    }
+
     #[test]
-    fn wrap_is_bound_to_purpose_and_version() {
+    fn wrap_is_bound_to_purpose_version_and_deployment() {
         let dir = tempfile::tempdir().unwrap();
         let kek = LocalKek::load(&key_file(dir.path(), 0o600, 32)).unwrap();
-        let wrapped = kek.wrap(Purpose::Seal, KeyVersion(1), &[9; 32]);
+        let prod = pairs(Purpose::Seal, 1, Some("prod-a"));
+        let wrapped = kek.wrap(&prod, &[9; 32]);
+        assert_eq!(&kek.unwrap(&prod, &wrapped).unwrap()[..], &[9; 32]);
+        for other in [
+            pairs(Purpose::Token, 1, Some("prod-a")),
+            pairs(Purpose::Seal, 2, Some("prod-a")),
+            pairs(Purpose::Seal, 1, Some("staging-b")),
+            pairs(Purpose::Seal, 1, None),
+        ] {
+            assert!(kek.unwrap(&other, &wrapped).is_none(), "{other:?}");
+        }
+        let legacy = kek.wrap(&pairs(Purpose::Seal, 1, None), &[7; 32]);
+        assert!(kek.unwrap(&prod, &legacy).is_none());
         assert_eq!(
-            &kek.unwrap(Purpose::Seal, KeyVersion(1), &wrapped).unwrap()[..],
-            &[9; 32]
+            &kek.unwrap(&pairs(Purpose::Seal, 1, None), &legacy).unwrap()[..],
+            &[7; 32]
         );
-        assert!(
-            kek.unwrap(Purpose::Token, KeyVersion(1), &wrapped)
-                .is_none()
+    }
+
+    #[test]
+    fn the_legacy_aad_is_unchanged() {
+        assert_eq!(
+            aad(&pairs(Purpose::Token, 2, None)),
+            b"app=piivault\0purpose=token\0version=2\0"
         );
-        assert!(kek.unwrap(Purpose::Seal, KeyVersion(2), &wrapped).is_none());
+        assert_eq!(
+            aad(&pairs(Purpose::Token, 2, Some("prod-eu1"))),
+            b"app=piivault\0purpose=token\0version=2\0deployment=prod-eu1\0"
+        );
     }
 }

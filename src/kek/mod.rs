@@ -2,7 +2,11 @@
 //!
 //! `PIIVAULT_KEK=file:<path>` (32 random bytes, mode 0600; development or single-host use) or
 //! `PIIVAULT_KEK=kms:<key-id|alias|arn>` (AWS KMS; the SDK's usual configuration chain applies).
-//! Every wrap is bound to its context `{app: piivault, purpose, version}`.
+//! Every wrap is bound to its context `{app: piivault, purpose, version, deployment}` (a
+//! [`WrapContext`]), so a wrapped key copied into another deployment's database does not unwrap
+//! there even when both share the KEK. Keys wrapped before deployments were bound carry the
+//! legacy context `{app, purpose, version}` (`vault.data_keys.deployment` NULL) until
+//! `etl keys rewrap` moves them.
 
 mod kms;
 mod local;
@@ -84,14 +88,30 @@ pub enum KekError {
     FileLength { path: String, len: usize },
     /// A wrapped data key did not unwrap under this KEK.
     #[error(
-        "cannot unwrap the {purpose} key v{version} with PIIVAULT_KEK={kek}: wrong key-encryption key, \
-         wrong context, or the wrapped key was altered.\nThe key was wrapped under {stored}; set PIIVAULT_KEK to that key."
+        "cannot unwrap the {purpose} key v{version} ({bound}) with PIIVAULT_KEK={kek}: wrong key-encryption key, \
+         wrong context (a key copied from another deployment?), or the wrapped key was altered.\nThe key was wrapped under {stored}; set PIIVAULT_KEK to that key."
     )]
     Unwrap {
         purpose: Purpose,
         version: KeyVersion,
+        /// The deployment the row claims, as shown: `deployment X` or `legacy context`.
+        bound: String,
         kek: String,
         stored: String,
+    },
+    /// A stored key was wrapped for another deployment than the one this process serves.
+    #[error(
+        "vault.data_keys belongs to deployment {stored}; this etl is configured for {configured} ({how}).\n\
+         The {purpose} key v{version} was wrapped for {stored}. If this database is {stored}'s, set \
+         PIIVAULT_DEPLOYMENT={stored}; otherwise the keys were copied from {stored} and must not be used here."
+    )]
+    WrongDeployment {
+        purpose: Purpose,
+        version: KeyVersion,
+        stored: String,
+        configured: String,
+        /// Where the configured name came from.
+        how: &'static str,
     },
     /// KMS could not be reached.
     #[error(
@@ -113,75 +133,116 @@ pub enum KekError {
     },
 }
 
-/// An opened key-encryption key.
-pub enum Kek {
-    /// Local key file.
+/// What one wrapped data key is bound to: KMS `EncryptionContext`, local AAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrapContext<'a> {
+    /// Seal or token.
+    pub purpose: Purpose,
+    /// The key's version.
+    pub version: KeyVersion,
+    /// The deployment the key is wrapped for; `None` for the legacy context of keys wrapped
+    /// before deployments were bound (`vault.data_keys.deployment` NULL).
+    pub deployment: Option<&'a str>,
+}
+
+impl WrapContext<'_> {
+    /// The context as ordered pairs: `app`, `purpose`, `version`, then `deployment` when bound.
+    /// The legacy context is exactly the first three, as wrapped before deployments existed.
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            ("app", "piivault".to_owned()),
+            ("purpose", self.purpose.as_str().to_owned()),
+            ("version", self.version.to_string()),
+        ];
+        if let Some(deployment) = self.deployment {
+            pairs.push(("deployment", deployment.to_owned()));
+        }
+        pairs
+    }
+
+    /// How error messages name the binding.
+    fn describe(&self) -> String {
+        match self.deployment {
+            Some(d) => format!("deployment {d}"),
+            None => "legacy context, no deployment".to_owned(),
+        }
+    }
+}
+
+enum Backend {
     Local(LocalKek),
-    /// AWS KMS key.
     Kms(KmsKek),
 }
 
+/// An opened key-encryption key, and the deployment it serves (`PIIVAULT_DEPLOYMENT`).
+pub struct Kek {
+    backend: Backend,
+    deployment: Option<String>,
+}
+
 impl Kek {
-    /// Opens the KEK a URI names: reads and checks a key file, or prepares a KMS client.
+    /// Opens the KEK a URI names: reads and checks a key file, or prepares a KMS client. It
+    /// serves the default deployment (the database's name) until [`Kek::for_deployment`].
     pub async fn open(uri: &KekUri) -> Result<Kek, KekError> {
-        Ok(match uri {
-            KekUri::File(path) => Kek::Local(LocalKek::load(path)?),
-            KekUri::Kms(key) => Kek::Kms(KmsKek::new(key.clone()).await),
+        let backend = match uri {
+            KekUri::File(path) => Backend::Local(LocalKek::load(path)?),
+            KekUri::Kms(key) => Backend::Kms(KmsKek::new(key.clone()).await),
+        };
+        Ok(Kek {
+            backend,
+            deployment: None,
         })
+    }
+
+    /// The same KEK serving an explicitly named deployment (`None`: the database's name).
+    pub fn for_deployment(mut self, deployment: Option<String>) -> Kek {
+        self.deployment = deployment;
+        self
+    }
+
+    /// The deployment named in the configuration, if any (else the database's name applies).
+    pub fn deployment(&self) -> Option<&str> {
+        self.deployment.as_deref()
     }
 
     /// The URI recorded next to keys this KEK wraps.
     pub fn uri(&self) -> KekUri {
-        match self {
-            Kek::Local(k) => KekUri::File(k.path().to_owned()),
-            Kek::Kms(k) => KekUri::Kms(k.key_id().to_owned()),
+        match &self.backend {
+            Backend::Local(k) => KekUri::File(k.path().to_owned()),
+            Backend::Kms(k) => KekUri::Kms(k.key_id().to_owned()),
         }
     }
 
-    /// Wraps one data key.
-    pub async fn wrap(
-        &self,
-        purpose: Purpose,
-        version: KeyVersion,
-        plain: &[u8],
-    ) -> Result<Vec<u8>, KekError> {
-        match self {
-            Kek::Local(k) => Ok(k.wrap(purpose, version, plain)),
-            Kek::Kms(k) => k.wrap(purpose, version, plain).await,
+    /// Wraps one data key, bound to `context`.
+    pub async fn wrap(&self, context: &WrapContext<'_>, plain: &[u8]) -> Result<Vec<u8>, KekError> {
+        let pairs = context.pairs();
+        match &self.backend {
+            Backend::Local(k) => Ok(k.wrap(&pairs, plain)),
+            Backend::Kms(k) => k.wrap(&pairs, plain).await,
         }
     }
 
-    /// Unwraps one data key; `stored` is the KEK URI recorded with it (for the error message).
+    /// Unwraps one data key under the context it was wrapped with; `stored` is the KEK URI
+    /// recorded with it (for the error message).
     pub async fn unwrap(
         &self,
-        purpose: Purpose,
-        version: KeyVersion,
+        context: &WrapContext<'_>,
         wrapped: &[u8],
         stored: &str,
     ) -> Result<Zeroizing<Vec<u8>>, KekError> {
         let unwrap_error = || KekError::Unwrap {
-            purpose,
-            version,
+            purpose: context.purpose,
+            version: context.version,
+            bound: context.describe(),
             kek: self.uri().to_string(),
             stored: stored.to_owned(),
         };
-        match self {
-            Kek::Local(k) => k.unwrap(purpose, version, wrapped).ok_or_else(unwrap_error),
-            Kek::Kms(k) => k
-                .unwrap(purpose, version, wrapped)
-                .await?
-                .ok_or_else(unwrap_error),
+        let pairs = context.pairs();
+        match &self.backend {
+            Backend::Local(k) => k.unwrap(&pairs, wrapped).ok_or_else(unwrap_error),
+            Backend::Kms(k) => k.unwrap(&pairs, wrapped).await?.ok_or_else(unwrap_error),
         }
     }
-}
-
-/// The wrap context as ordered pairs (KMS encryption context; local AAD).
-fn context(purpose: Purpose, version: KeyVersion) -> [(&'static str, String); 3] {
-    [
-        ("app", "piivault".to_owned()),
-        ("purpose", purpose.as_str().to_owned()),
-        ("version", version.to_string()),
-    ]
 }
 
 #[cfg(test)]
@@ -208,5 +269,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_legacy_context_is_the_old_three_pairs_and_a_deployment_adds_a_fourth() {
+        let legacy = WrapContext {
+            purpose: Purpose::Seal,
+            version: KeyVersion(3),
+            deployment: None,
+        };
+        let names = |c: &WrapContext| c.pairs().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(&legacy), ["app", "purpose", "version"]);
+        let bound = WrapContext {
+            deployment: Some("prod-eu1"),
+            ..legacy
+        };
+        assert_eq!(names(&bound), ["app", "purpose", "version", "deployment"]);
+        assert_eq!(bound.pairs()[3].1, "prod-eu1");
+        assert_eq!(bound.pairs()[2].1, "3");
     }
 }

@@ -17,9 +17,16 @@ pub struct DataKeyRow {
     pub state: String,
     pub created_at: DateTime<Utc>,
     pub retired_at: Option<DateTime<Utc>>,
+    /// The deployment the key is wrapped for (part of the wrap context); `None` for a key
+    /// wrapped before deployments were bound (migration 0012), under the legacy context.
+    pub deployment: Option<String>,
+    /// The database the row was read from (`current_database()`): the deployment a process
+    /// serves when `PIIVAULT_DEPLOYMENT` is unset.
+    pub database: String,
 }
 
-const COLUMNS: &str = "purpose, version, kek_uri, wrapped, state, created_at, retired_at";
+const COLUMNS: &str = "purpose, version, kek_uri, wrapped, state, created_at, retired_at, deployment, \
+                       current_database()::text AS database";
 
 /// Every stored key, by purpose then version.
 pub async fn list(pool: &PgPool) -> Result<Vec<DataKeyRow>, StoreError> {
@@ -61,20 +68,30 @@ pub async fn list_in(tx: &mut Tx<'_>) -> Result<Vec<DataKeyRow>, StoreError> {
     .map_err(StoreError::during("reading vault.data_keys"))
 }
 
-/// Stores one wrapped key in a state.
+/// The name of the database the transaction runs in: the default deployment.
+pub async fn database_name(tx: &mut Tx<'_>) -> Result<String, StoreError> {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::during("reading the database name"))
+}
+
+/// Stores one key, wrapped under `kek_uri` for `deployment`, in a state.
 pub async fn insert(
     tx: &mut Tx<'_>,
     purpose: &str,
     version: i32,
     state: &str,
     kek_uri: &str,
+    deployment: &str,
     wrapped: &[u8],
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO vault.data_keys (purpose, version, state, kek_uri, wrapped) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO vault.data_keys (purpose, version, state, kek_uri, deployment, wrapped) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(purpose)
         .bind(version)
         .bind(state)
         .bind(kek_uri)
+        .bind(deployment)
         .bind(wrapped)
         .execute(&mut **tx)
         .await
@@ -99,20 +116,23 @@ pub async fn set_state(
     Ok(())
 }
 
-/// Replaces one key's wrapped bytes (re-wrapped under another KEK).
+/// Replaces one key's wrapped bytes (re-wrapped under another KEK, or for a deployment).
 pub async fn rewrap(
     tx: &mut Tx<'_>,
     purpose: &str,
     version: i32,
     kek_uri: &str,
+    deployment: &str,
     wrapped: &[u8],
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE vault.data_keys SET kek_uri = $3, wrapped = $4, rewrapped_at = now() WHERE purpose = $1 AND version = $2",
+        "UPDATE vault.data_keys SET kek_uri = $3, deployment = $4, wrapped = $5, rewrapped_at = now()
+         WHERE purpose = $1 AND version = $2",
     )
     .bind(purpose)
     .bind(version)
     .bind(kek_uri)
+    .bind(deployment)
     .bind(wrapped)
     .execute(&mut **tx)
     .await

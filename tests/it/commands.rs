@@ -87,11 +87,15 @@ async fn keys_status_lists_versions_never_key_material() {
         .collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["purpose"], "seal");
+    // PIIVAULT_DEPLOYMENT unset: the keys are bound to the database's name.
+    assert_eq!(rows[0]["deployment"], s.db.name.as_str());
+    assert!(lines[0].contains(" deployment ") && lines[1].contains(&s.db.name));
     let fields: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
     assert_eq!(
         fields,
         [
             "created_at",
+            "deployment",
             "kek",
             "purpose",
             "retired_at",

@@ -6,6 +6,7 @@ mod support;
 mod access;
 mod commands;
 mod deploy;
+mod deployment;
 mod errors;
 mod faults;
 mod hostile;

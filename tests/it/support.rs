@@ -395,6 +395,7 @@ impl Etl {
             "DATABASE_URL",
             "SQS_QUEUE_URL",
             "PIIVAULT_KEK",
+            "PIIVAULT_DEPLOYMENT",
             "PIIVAULT_REVEAL_DATABASE_URL",
             "RUST_LOG",
         ] {

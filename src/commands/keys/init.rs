@@ -1,10 +1,12 @@
-//! `etl keys init`: seal key v1 and token key v1, separate random material, wrapped by the KEK.
+//! `etl keys init`: seal key v1 and token key v1, separate random material, wrapped by the KEK
+//! for this deployment (`PIIVAULT_DEPLOYMENT`, default the database's name).
 
 use serde_json::json;
 
 use crate::commands::{Context, print_line};
 use crate::crypto::{KeyVersion, Purpose, new_key_material};
 use crate::error::Error;
+use crate::kek::WrapContext;
 use crate::keystore;
 use crate::store::{self, StoreError};
 
@@ -34,19 +36,41 @@ pub async fn run(ctx: &Context, if_missing: bool) -> Result<(), Error> {
     if existing > 0 {
         return Err(Error::KeysExist(existing as i64));
     }
-    let version = KeyVersion(1);
+    let database = store::keys::database_name(&mut tx).await?;
+    let deployment = keystore::deployment(&kek, &database);
+    if kek.deployment().is_none() {
+        tracing::warn!(
+            deployment,
+            "PIIVAULT_DEPLOYMENT is not set: binding the keys to the database's name; \
+             name the deployment explicitly (e.g. prod-eu1) and pin it in the KMS key policy"
+        );
+    }
     let kek_uri = kek.uri().to_string();
     for purpose in [Purpose::Seal, Purpose::Token] {
         let material = new_key_material();
-        let wrapped = kek.wrap(purpose, version, material.as_ref()).await?;
-        store::keys::insert(&mut tx, purpose.as_str(), 1, "active", &kek_uri, &wrapped).await?;
+        let context = WrapContext {
+            purpose,
+            version: KeyVersion(1),
+            deployment: Some(deployment),
+        };
+        let wrapped = kek.wrap(&context, material.as_ref()).await?;
+        store::keys::insert(
+            &mut tx,
+            purpose.as_str(),
+            1,
+            "active",
+            &kek_uri,
+            deployment,
+            &wrapped,
+        )
+        .await?;
     }
     tx.commit()
         .await
         .map_err(StoreError::during("committing new keys"))?;
-    tracing::info!(kek = %kek_uri, "created seal and token keys v1");
+    tracing::info!(kek = %kek_uri, deployment, "created seal and token keys v1");
     print_line(
-        &json!({"created": [{"purpose": "seal", "version": 1}, {"purpose": "token", "version": 1}], "kek": kek_uri})
+        &json!({"created": [{"purpose": "seal", "version": 1}, {"purpose": "token", "version": 1}], "kek": kek_uri, "deployment": deployment})
             .to_string(),
     )
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::commands::{Context, print_line};
 use crate::crypto::{KeyVersion, Purpose, new_key_material};
 use crate::error::Error;
+use crate::kek::WrapContext;
 use crate::keystore;
 use crate::store::{self, StoreError};
 
@@ -33,13 +34,18 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
         )));
     }
     // The new key must be readable by every instance: PIIVAULT_KEK has to be the KEK the current
-    // keys are wrapped under (after a `keys rewrap`, an operator may still hold the old one).
+    // keys are wrapped under (after a `keys rewrap`, an operator may still hold the old one), and
+    // PIIVAULT_DEPLOYMENT the deployment they belong to.
     keystore::unwrap_row(&kek, active).await?;
+    let deployment = keystore::deployment(&kek, &active.database);
     let next = mine.iter().map(|r| r.version).max().unwrap_or(0) + 1;
     let material = new_key_material();
-    let wrapped = kek
-        .wrap(purpose, KeyVersion(next as u32), material.as_ref())
-        .await?;
+    let context = WrapContext {
+        purpose,
+        version: KeyVersion(next as u32),
+        deployment: Some(deployment),
+    };
+    let wrapped = kek.wrap(&context, material.as_ref()).await?;
     let kek_uri = kek.uri().to_string();
     let state = match purpose {
         Purpose::Seal => {
@@ -51,10 +57,19 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
         }
         Purpose::Token => "pending",
     };
-    store::keys::insert(&mut tx, purpose.as_str(), next, state, &kek_uri, &wrapped).await?;
+    store::keys::insert(
+        &mut tx,
+        purpose.as_str(),
+        next,
+        state,
+        &kek_uri,
+        deployment,
+        &wrapped,
+    )
+    .await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the new key"))?;
-    tracing::info!(%purpose, version = next, state, "rotated");
+    tracing::info!(%purpose, version = next, state, deployment, "rotated");
     print_line(&json!({"purpose": purpose.as_str(), "version": next, "state": state, "previous": active.version}).to_string())
 }

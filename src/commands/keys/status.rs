@@ -1,4 +1,5 @@
-//! `etl keys status`: purpose, version, state, dates and KEK of every key; never key material.
+//! `etl keys status`: purpose, version, state, dates, KEK and deployment of every key; never key
+//! material. A key wrapped before deployments were bound shows deployment `legacy` (JSON null).
 
 use clap::ValueEnum;
 use serde_json::json;
@@ -26,23 +27,32 @@ pub async fn run(ctx: &Context, format: Format) -> Result<(), Error> {
                         "purpose": row.purpose, "version": row.version, "state": row.state,
                         "created_at": row.created_at.to_rfc3339(), "kek": row.kek_uri,
                         "retired_at": row.retired_at.map(|t| t.to_rfc3339()),
+                        "deployment": row.deployment,
                     })
                     .to_string(),
                 )?;
             }
         }
         Format::Table => {
+            let width = rows
+                .iter()
+                .filter_map(|r| r.deployment.as_deref())
+                .map(str::len)
+                .max()
+                .unwrap_or(0)
+                .max("deployment".len());
             print_line(&format!(
-                "{:<8} {:>7}  {:<8} {:<21} {}",
-                "purpose", "version", "state", "created_at", "kek"
+                "{:<8} {:>7}  {:<8} {:<21} {:<width$} {}",
+                "purpose", "version", "state", "created_at", "deployment", "kek"
             ))?;
             for row in &rows {
                 print_line(&format!(
-                    "{:<8} {:>7}  {:<8} {:<21} {}",
+                    "{:<8} {:>7}  {:<8} {:<21} {:<width$} {}",
                     row.purpose,
                     row.version,
                     row.state,
                     row.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    row.deployment.as_deref().unwrap_or("legacy"),
                     row.kek_uri
                 ))?;
             }
