@@ -15,7 +15,9 @@
 #      time, INSERT + COMMIT per row) on the same queue;
 #   6. criterion micro-benchmarks: decode, token, seal, decode+protect per event.
 # Prints markdown tables and writes target/bench/results.json. BENCH_PHASES picks phases
-# (default: "backfill keys sqs model micro status"); sizes as below.
+# (default: "backfill keys reveal sqs model micro status"); sizes as below. The reveal phase times
+# `etl reveal` of one user with BENCH_REVEAL (1,000) records among BENCH_EVENTS others, end to end
+# and the `vault.reveal()` statement alone (median of 5 runs each).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"
@@ -25,7 +27,7 @@ small=${BENCH_SMALL:-10000}
 messages=${BENCH_MESSAGES:-20000}
 latency=${BENCH_LATENCY_MS:-20}
 concurrency=${BENCH_CONCURRENCY:-8}
-phases=" ${BENCH_PHASES:-backfill keys sqs model micro status} "
+phases=" ${BENCH_PHASES:-backfill keys reveal sqs model micro status} "
 want() { [[ $phases == *" $1 "* ]]; }
 out=target/bench
 mkdir -p "$out"
@@ -117,6 +119,37 @@ fresh_db piivault_bench_small
 $etl run --input "$small_file" >/dev/null 2>&1
 measure "keys rewrap file→kms ($small rows)" rewrapped $etl keys rewrap --to-kek "kms:$PIIVAULT_DEV_KMS_ALIAS"
 export PIIVAULT_KEK="file:$PIIVAULT_DEV_KEK"
+fi
+
+if want reveal; then
+echo "reveal" >&2
+reveal_n=${BENCH_REVEAL:-1000}
+fresh_db piivault_bench_reveal
+python3 -c 'import json,sys
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"user_id": "bench-reveal-user", "ip": f"10.{i>>16&255}.{i>>8&255}.{i&255}", "device_id": f"dev-{i%7}"}))' \
+  "$reveal_n" >"$out/reveal-$reveal_n.jsonl"
+$etl run --input "$file" >/dev/null 2>&1
+$etl run --input "$out/reveal-$reveal_n.jsonl" >/dev/null 2>&1
+python3 - "$results" "$etl" "$DATABASE_URL" "$reveal_n" <<'PY'
+import json, statistics, subprocess, sys, time
+path, etl, url, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def timed(cmd):
+    start = time.monotonic()
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+    return time.monotonic() - start, run.stdout
+runs = [timed([etl, "reveal", "--user-id", "bench-reveal-user", "--reason", "benchmark reveal"]) for _ in range(5)]
+assert all(len(out.splitlines()) == n for _, out in runs), "reveal did not return every record"
+sql = "\\timing on\nSELECT count(*) FROM vault.reveal('user_id', 'bench-reveal-user', 'benchmark reveal', NULL, 'bench');"
+statement = []
+for _ in range(5):
+    out = subprocess.run(["psql", url, "-At"], input=sql, stdout=subprocess.PIPE, text=True, check=True).stdout
+    statement.append(float(out.split("Time: ")[1].split(" ms")[0]) / 1000)
+row = {"name": f"reveal ({n} records)", "records": n,
+       "etl_reveal_s": round(statistics.median(t for t, _ in runs), 3),
+       "statement_s": round(statistics.median(statement), 4)}
+open(path, "a").write(json.dumps(row) + "\n")
+PY
 fi
 
 if want sqs; then

@@ -59,6 +59,12 @@ if find("keys "):
 for r in find("keys "):
     print(f"| {r['name']} | {r['rows']:,} | {r['wall_s']} | {fmt(r['rows_per_s'])} | {r['cpu_us_per_row']} | {r['peak_rss_mib']} |")
 
+for r in find("reveal ("):
+    print("\n### Reveal through vault.reveal()\n")
+    print("| run | records | `etl reveal` wall s (median of 5) | `vault.reveal()` statement s (median of 5) |")
+    print("|---|---:|---:|---:|")
+    print(f"| {r['name']} | {r['records']:,} | {r['etl_reveal_s']} | {r['statement_s']} |")
+
 ideal, drain = one("ideal consumer"), one("etl run --drain")
 if ideal or drain:
     print("\n### SQS on the emulator (bounded by the emulator, see docs/ARCHITECTURE.md)\n")

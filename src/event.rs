@@ -336,13 +336,6 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// The `user_id` a body names, if it is a JSON object with a string `user_id` — also for bodies
-/// that were rejected for other reasons (used to find a user's quarantined messages on erasure).
-pub fn user_id_of(body: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(body.strip_prefix('\u{feff}').unwrap_or(body)).ok()?;
-    value.get("user_id")?.as_str().map(str::to_owned)
-}
-
 /// The integer kept in `user_logins.app_version` for analysts' range queries: for a dotted
 /// version of 1–3 numeric parts, each 0–999, `major·1 000 000 + minor·1 000 + patch`
 /// ("2.3.0" → 2 003 000, "0.96" → 96 000, "2.30" → 2 030 000). Order-preserving in the version's

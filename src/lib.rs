@@ -34,3 +34,4 @@ pub mod serve;
 pub mod source;
 pub mod store;
 pub mod synth;
+pub mod user_ids;

@@ -6,10 +6,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::crypto::{
-    Field, KeyVersion, Keyring, OpenFailed, Place, SealKey, Sealed, Token, TokenKey,
+    BodyTag, Field, KeyVersion, Keyring, OpenFailed, Place, SealKey, Sealed, Token, TokenKey,
 };
 use crate::event::{self, LoginEvent, Pii, Rejection};
 use crate::source::Received;
+use crate::user_ids;
 
 /// The active keys new rows are written with.
 #[derive(Clone, Copy)]
@@ -63,6 +64,8 @@ pub struct QuarantineEntry {
     pub reason: String,
     pub key_version: KeyVersion,
     pub body_sealed: Sealed,
+    /// Tags of every user id the body names (found leniently), for erasure.
+    pub user_tags: Vec<BodyTag>,
 }
 
 /// Decodes and protects one message.
@@ -148,7 +151,30 @@ pub fn quarantine_with_reason(
         body_sealed: keys
             .seal
             .seal(&Place::body(&message.message_id), message.body.as_bytes()),
+        user_tags: body_tags(keys.seal, &message.body),
     }
+}
+
+/// The tags of every user id `body` names, under `key`.
+pub fn body_tags(key: &SealKey, body: &str) -> Vec<BodyTag> {
+    user_ids::user_ids_in(body)
+        .iter()
+        .map(|id| key.body_tag(id))
+        .collect()
+}
+
+/// Re-seals a quarantined body under `to` in the current format and tags it again under `to`
+/// (`keys reencrypt`).
+pub fn reseal_body(
+    keys: &Keyring,
+    to: &SealKey,
+    message_id: &str,
+    sealed: &Sealed,
+) -> Result<(Sealed, Vec<BodyTag>), OpenFailed> {
+    let place = Place::body(message_id);
+    let plain = keys.open(&place, sealed)?;
+    let tags = body_tags(to, &String::from_utf8_lossy(&plain));
+    Ok((to.seal(&place, &plain), tags))
 }
 
 /// Re-seals one value under `to` in the current format (`keys reencrypt`): opened with

@@ -226,6 +226,11 @@ impl Keyring {
         self.seal.get(&version)
     }
 
+    /// Every seal key held, oldest first (erasure tags a user id under each).
+    pub fn seal_keys(&self) -> impl Iterator<Item = &SealKey> {
+        self.seal.values()
+    }
+
     /// The token key of one version, for verifying.
     pub fn token_key(&self, version: KeyVersion) -> Option<&TokenKey> {
         self.token.get(&version)

@@ -3,11 +3,13 @@
 //! Keys enter only as unwrapped bytes from [`crate::kek`] and leave only as tokens and ciphertexts.
 
 pub mod aead;
+mod body_tag;
 pub mod chain;
 mod keyring;
 mod seal;
 mod token;
 
+pub use body_tag::BodyTag;
 pub use keyring::{
     KeyState, KeyVersion, Keyring, Purpose, SealKey, TokenKey, UnknownPurpose, new_key_material,
 };

@@ -56,6 +56,49 @@ pub async fn page<'c, E: Executor<'c, Database = Postgres>>(
     .map_err(StoreError::during("reading etl.quarantine"))
 }
 
+/// Quarantined bodies that carry no user tags yet (quarantined before tags existed).
+pub async fn count_untagged(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM etl.quarantine WHERE user_tags IS NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::during("counting untagged quarantine rows"))
+}
+
+/// Deletes every quarantined message tagged with one of `tags` (erasure); returns their ids.
+pub async fn remove_tagged(
+    tx: &mut Transaction<'_, Postgres>,
+    tags: &[String],
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(
+        "DELETE FROM etl.quarantine WHERE user_tags && $1::text[] RETURNING message_id",
+    )
+    .bind(tags)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::during(
+        "erasing tagged rows from etl.quarantine",
+    ))
+}
+
+/// The next page of untagged bodies for an open job (`vault.job_untagged_bodies()`).
+pub async fn untagged_page<'c, E: Executor<'c, Database = Postgres>>(
+    executor: E,
+    job: JobId,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedBody>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, received_at, key_version, body_sealed
+         FROM vault.job_untagged_bodies($1, $2, $3)",
+    )
+    .bind(job.0)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+    .map_err(StoreError::during("reading untagged quarantine rows"))
+}
+
 /// Deletes quarantined messages by id (erasure).
 pub async fn remove_all(
     tx: &mut Transaction<'_, Postgres>,

@@ -34,6 +34,16 @@ pub struct Resealed {
     pub device_id_sealed: Option<Vec<u8>>,
 }
 
+/// A quarantined body re-sealed under another version, with its user tags under that version.
+pub struct ResealedBody {
+    pub message_id: String,
+    pub from_version: i32,
+    pub to_version: i32,
+    pub body_sealed: Vec<u8>,
+    /// Tags (no commas: `v<n>:` + base64url).
+    pub user_tags: Vec<String>,
+}
+
 /// A vault row with the analysts' tokens of the same message, for `keys verify`.
 #[derive(sqlx::FromRow)]
 pub struct VerifyRow {
@@ -133,19 +143,19 @@ pub async fn quarantine_not_at(
 }
 
 /// Writes re-sealed quarantined bodies: (message id, from version, to version, body).
-pub async fn reseal_quarantine(
-    tx: &mut Tx<'_>,
-    rows: &[(String, i32, i32, Vec<u8>)],
-) -> Result<u64, StoreError> {
+pub async fn reseal_quarantine(tx: &mut Tx<'_>, rows: &[ResealedBody]) -> Result<u64, StoreError> {
     let result = sqlx::query(
-        "UPDATE etl.quarantine q SET key_version = x.to_version, body_sealed = x.body
-         FROM UNNEST($1::text[], $2::int4[], $3::int4[], $4::bytea[]) AS x(id, from_version, to_version, body)
+        "UPDATE etl.quarantine q
+         SET key_version = x.to_version, body_sealed = x.body, user_tags = string_to_array(x.tags, ',')
+         FROM UNNEST($1::text[], $2::int4[], $3::int4[], $4::bytea[], $5::text[])
+           AS x(id, from_version, to_version, body, tags)
          WHERE q.message_id = x.id AND q.key_version = x.from_version",
     )
-    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.3.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.from_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.to_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body_sealed.as_slice()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.user_tags.join(",")).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .map_err(during("writing re-encrypted quarantine rows"))?;
@@ -382,7 +392,7 @@ pub async fn commit_resealed_vault(
 pub async fn commit_resealed_quarantine(
     pool: PgPool,
     version: i32,
-    rows: Vec<(String, i32, i32, Vec<u8>)>,
+    rows: Vec<ResealedBody>,
 ) -> Result<u64, StoreError> {
     let mut tx = pool
         .begin()

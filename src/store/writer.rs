@@ -4,7 +4,7 @@
 use sqlx::{Postgres, Transaction};
 
 use super::StoreError;
-use crate::crypto::{Sealed, Token};
+use crate::crypto::{BodyTag, Sealed, Token};
 use crate::protect::{ProtectedLogin, QuarantineEntry, Record};
 
 /// What one batch write did.
@@ -114,8 +114,10 @@ async fn insert_quarantine(
         return Ok(0);
     }
     let result = sqlx::query(
-        "INSERT INTO etl.quarantine (message_id, received_at, reason, key_version, body_sealed)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::bytea[])
+        "INSERT INTO etl.quarantine (message_id, received_at, reason, key_version, body_sealed, user_tags)
+         SELECT id, received_at, reason, key_version, body, string_to_array(tags, ',')
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int4[], $5::bytea[], $6::text[])
+           AS x(id, received_at, reason, key_version, body, tags)
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(
@@ -141,6 +143,19 @@ async fn insert_quarantine(
         entries
             .iter()
             .map(|e| e.body_sealed.as_bytes())
+            .collect::<Vec<_>>(),
+    )
+    // Tags are `v<n>:` + base64url: a comma never occurs in one.
+    .bind(
+        entries
+            .iter()
+            .map(|e| {
+                e.user_tags
+                    .iter()
+                    .map(BodyTag::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .collect::<Vec<_>>(),
     )
     .execute(&mut **tx)

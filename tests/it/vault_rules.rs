@@ -202,7 +202,6 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
             "reencrypt",
             "retokenize",
             "replay",
-            "erase",
             "erase"
         ]
     );
@@ -328,6 +327,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "job_begin",
             "job_end",
             "job_quarantine_rows",
+            "job_untagged_bodies",
             "job_vault_rows",
             "reveal",
             "rewrite_data_keys",
@@ -644,5 +644,106 @@ async fn retire_and_rewrap_leave_no_old_wrapped_key_in_the_table_files() {
         .await
         .json();
     s.drop_logins(&[admin]).await;
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erase_finds_every_quarantined_body_that_names_the_user() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bodies.jsonl");
+    let deep = format!(
+        "{}{{\"user_id\":\"victim\"}}{}",
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    let victim_bodies = [
+        "{\"user_id\":\"victim\",\"ip\":\"10.7",
+        "{\"user_id\":\"victim\",\"ip\":\"10.7.7.7\"} trailing",
+        "{\"ip\":\"10.7.7.8\",\"user_id\":\"other\",\"user_id\":\"victim\"}",
+        "[{\"user_id\":\"victim\",\"device_id\":\"dev-v\"}]",
+        &deep,
+        "{\"user\\u005fid\":\"vi\\u0063tim\",\"ip\":\"999.1.1.1\"}",
+        "{\"user_id\":\"victim\",\"app_version\":7}",
+    ];
+    let mut lines = vec![
+        "{\"user_id\":\"bystander\",\"app_version\":3}".to_owned(),
+        "{\"user_id\":\"bystander\",\"note\":\"victim\",\"app_version\":4}".to_owned(),
+    ];
+    lines.extend(victim_bodies.iter().map(|b| b.to_string()));
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let loaded = s
+        .etl
+        .run(&["run", "--input", file.to_str().unwrap()])
+        .await
+        .json();
+    assert_eq!(loaded["quarantined"], lines.len() as u64, "{loaded}");
+
+    // One victim body quarantined before tags existed, and one untagged body whose seal no
+    // longer opens: erase opens the first in an audited job and counts the second.
+    let victim_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM etl.quarantine WHERE cardinality(user_tags) > 0 ORDER BY message_id",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE etl.quarantine SET user_tags = NULL WHERE message_id = $1")
+        .bind(&victim_ids[0])
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO etl.quarantine (message_id, received_at, reason, key_version, body_sealed)
+         VALUES ('broken', now(), 'test', 1, '\\xff0200000001deadbeef')",
+    )
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+
+    let erased = s
+        .etl
+        .run(&[
+            "erase",
+            "--user-id",
+            "victim",
+            "--reason",
+            "erasure request 31",
+        ])
+        .await
+        .json();
+    assert_eq!(
+        erased["erased"]["quarantine"],
+        victim_bodies.len() as u64,
+        "{erased}"
+    );
+    assert_eq!(erased["unreadable_bodies"], 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT message_id FROM etl.quarantine ORDER BY message_id")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        left.len(),
+        3,
+        "two bystander bodies and the broken one: {left:?}"
+    );
+    let rows: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT action, selector, records FROM vault.reveal_audit ORDER BY id")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].2),
+        ("erase", 2),
+        "the scan of the two untagged bodies, audited first"
+    );
+    assert!(
+        rows[1]
+            .1
+            .contains("1 quarantined bodies could not be opened"),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1].2, victim_bodies.len() as i32);
     s.db.drop_db().await;
 }

@@ -11,12 +11,12 @@ use super::job_lock;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
 use crate::commands::{Context, begin_job, print_line};
-use crate::crypto::{FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
+use crate::crypto::{BodyTag, FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
 use crate::error::Error;
-use crate::protect::reseal;
+use crate::protect::{reseal, reseal_body};
 use crate::store;
 use crate::store::jobs::JobId;
-use crate::store::rotation::{self, Resealed};
+use crate::store::rotation::{self, Resealed, ResealedBody};
 use sqlx::PgPool;
 
 /// Passes over the tables: a second one only picks up rows that raced the first.
@@ -158,18 +158,19 @@ async fn reseal_quarantine(
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
         for row in &rows {
-            match reseal(
+            match reseal_body(
                 keys,
                 to,
-                &Place::body(&row.message_id),
+                &row.message_id,
                 &Sealed::from_bytes(row.body_sealed.clone()),
             ) {
-                Ok(body) => resealed.push((
-                    row.message_id.clone(),
-                    row.key_version,
-                    version,
-                    body.into_bytes(),
-                )),
+                Ok((body, tags)) => resealed.push(ResealedBody {
+                    message_id: row.message_id.clone(),
+                    from_version: row.key_version,
+                    to_version: version,
+                    body_sealed: body.into_bytes(),
+                    user_tags: tags.into_iter().map(BodyTag::into_string).collect(),
+                }),
                 Err(e) => {
                     *failed += 1;
                     eprintln!("error: {e}");
