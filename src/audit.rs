@@ -7,7 +7,28 @@ use sqlx::{Postgres, Transaction};
 use crate::crypto::chain::{self, AuditFields, Concerned};
 use crate::store::{self, StoreError, audit::AuditRow};
 
+use crate::error::Error;
 pub use crate::store::audit::AppendRequest as Entry;
+
+/// Shortest accepted `--reason`: a word or two is not a reason an auditor can act on (the
+/// server checks the same bound).
+pub const MIN_REASON_CHARS: usize = 8;
+
+/// Checks a `--reason`: non-blank and long enough to mean something.
+pub fn check_reason(reason: &str) -> Result<(), Error> {
+    if reason.trim().chars().count() < MIN_REASON_CHARS {
+        return Err(Error::Usage(format!(
+            "--reason must say why, in at least {MIN_REASON_CHARS} characters (it is audited verbatim)."
+        )));
+    }
+    Ok(())
+}
+
+/// The OS account running the command, for the audit row (from the system, not `$USER`,
+/// which the caller controls). Informational: the server records the database login.
+pub fn os_user() -> String {
+    whoami::account().unwrap_or_else(|_| "unknown".into())
+}
 
 fn timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)

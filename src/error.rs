@@ -135,3 +135,13 @@ impl Error {
         }
     }
 }
+
+impl From<crate::key_lifecycle::Refusal> for Error {
+    fn from(refusal: crate::key_lifecycle::Refusal) -> Error {
+        match refusal {
+            // Keys never created is a set-up problem, like any other missing key.
+            crate::key_lifecycle::Refusal::NoActive(purpose) => Error::NoKeys(purpose),
+            other => Error::Refused(other.to_string()),
+        }
+    }
+}

@@ -34,7 +34,7 @@ fn check_deployment(kek: &Kek, row: &DataKeyRow, purpose: Purpose) -> Result<(),
     }
     Err(KekError::WrongDeployment {
         purpose,
-        version: KeyVersion(row.version as u32),
+        version: row.version,
         stored: stored.to_owned(),
         configured: configured.to_owned(),
         how: match kek.deployment() {
@@ -50,7 +50,7 @@ fn warn_legacy(kek: &Kek, row: &DataKeyRow) {
     if !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             purpose = %row.purpose,
-            version = row.version,
+            version = row.version.0,
             deployment = deployment(kek, &row.database),
             "vault.data_keys holds keys wrapped before deployments were bound (deployment NULL): \
              a copy of them would unwrap in any deployment sharing the KEK. Run \
@@ -70,10 +70,7 @@ pub struct Unwrapped {
 /// Parses and unwraps one stored key; `None` for a retired one. Refuses (exit 78) a key wrapped
 /// for another deployment than the one `kek` serves.
 pub async fn unwrap_row(kek: &Kek, row: &DataKeyRow) -> Result<Option<Unwrapped>, Error> {
-    let version = KeyVersion(row.version as u32);
-    let bad = |purpose| Error::BadDataKey { purpose, version };
-    let purpose: Purpose = row.purpose.parse().map_err(|_| bad(Purpose::Seal))?;
-    let state: KeyState = row.state.parse().map_err(|_| bad(purpose))?;
+    let (purpose, version, state) = (row.purpose, row.version, row.state);
     let Some(wrapped) = &row.wrapped else {
         return Ok(None);
     };
@@ -111,7 +108,7 @@ pub async fn load_only(
     let rows = store::keys::list(pool).await?;
     for row in rows
         .iter()
-        .filter(|r| purpose.is_none_or(|p| r.purpose == p.as_str()))
+        .filter(|r| purpose.is_none_or(|p| r.purpose == p))
     {
         let Some(key) = unwrap_row(kek, row).await? else {
             continue;

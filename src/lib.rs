@@ -9,12 +9,15 @@
 //! - [`crypto`]: deterministic tokens and sealed values; keys that zeroize. No I/O, no SQL.
 //! - [`kek`]: key-encryption keys (local file or AWS KMS) that wrap the data keys.
 //! - [`keystore`]: the keyring loaded from stored wrapped keys through the KEK.
+//! - [`key_lifecycle`]: the rules of rotation, retirement and the token swap.
 //! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
+//! - [`user_ids`]: every `user_id` a raw body names, found leniently (erasure tags).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
 //! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
 //! - [`retry`]: backoff for transient outages of Postgres, SQS and KMS.
-//! - [`audit`]: the hash-chained trail of reveals and erasures (append, verify).
+//! - [`audit`]: the server-written, hash-chained trail (append, verify, reason and actor checks).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
+//! - [`serve`]: the metrics server and status page.
 //! - [`commands`]: one file per `etl` subcommand.
 //! - [`error`]: the error a command returns, and its exit code.
 
@@ -26,6 +29,7 @@ pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod kek;
+pub mod key_lifecycle;
 pub mod keystore;
 pub mod pipeline;
 pub mod protect;

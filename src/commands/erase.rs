@@ -8,9 +8,8 @@
 use clap::Args;
 use serde_json::json;
 
-use super::reveal::{check_reason, os_user};
 use super::{Context, begin_job, print_line};
-use crate::audit::{self, Entry};
+use crate::audit::{self, Entry, check_reason, os_user};
 use crate::crypto::{Place, Purpose, Sealed, chain};
 use crate::error::Error;
 use crate::store::{self, StoreError};

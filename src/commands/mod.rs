@@ -99,7 +99,7 @@ pub async fn begin_job(
     selector: &str,
     reason: &str,
 ) -> Result<JobId, Error> {
-    let actor = reveal::os_user();
+    let actor = crate::audit::os_user();
     let start = JobStart {
         action,
         selector,

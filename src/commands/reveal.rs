@@ -8,14 +8,12 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{Context, output, print_line};
+use crate::audit::{check_reason, os_user};
 use crate::crypto::{Field, Keyring, OpenFailed, Place, Purpose, Sealed};
 use crate::error::Error;
 use crate::keystore;
 use crate::store;
 use crate::store::vault::{RevealRequest, Selector, VaultRow};
-
-/// Shortest accepted `--reason`: a word or two is not a reason an auditor can act on.
-pub const MIN_REASON_CHARS: usize = 8;
 
 /// `etl reveal (--user-id ID | --message-id ID | --token T) --reason TEXT [--ticket T] [--format F]`.
 #[derive(Debug, Args)]
@@ -67,16 +65,6 @@ impl RevealArgs {
             _ => unreachable!("clap requires one selector"),
         }
     }
-}
-
-/// Checks a `--reason`: non-blank and long enough to mean something.
-pub fn check_reason(reason: &str) -> Result<(), Error> {
-    if reason.trim().chars().count() < MIN_REASON_CHARS {
-        return Err(Error::Usage(format!(
-            "--reason must say why, in at least {MIN_REASON_CHARS} characters (it is audited verbatim)."
-        )));
-    }
-    Ok(())
 }
 
 /// Reveals through the database (which audits and commits first), then opens and prints.
@@ -189,10 +177,4 @@ fn print(records: &[Revealed], format: RevealFormat) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// The OS account running the command, for the audit row (from the system, not `$USER`,
-/// which the caller controls).
-pub fn os_user() -> String {
-    whoami::account().unwrap_or_else(|_| "unknown".into())
 }

@@ -131,7 +131,13 @@ async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
     {
         let keys: Vec<(String, u32, String)> = keys
             .into_iter()
-            .map(|k| (k.purpose, k.version as u32, k.state))
+            .map(|k| {
+                (
+                    k.purpose.as_str().to_owned(),
+                    k.version.0,
+                    k.state.as_str().to_owned(),
+                )
+            })
             .collect();
         served.counters.set_key_versions(&keys);
     }

@@ -161,9 +161,9 @@ async fn read_db(pool: &PgPool, timeout: Duration) -> DbPart {
         keys::list(pool).await.map(|rows| {
             rows.into_iter()
                 .map(|k| KeyLine {
-                    purpose: k.purpose,
-                    version: k.version,
-                    state: k.state,
+                    purpose: k.purpose.as_str().to_owned(),
+                    version: k.version.0 as i32,
+                    state: k.state.as_str().to_owned(),
                     created_at: k.created_at,
                 })
                 .collect()

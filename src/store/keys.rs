@@ -4,17 +4,18 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::StoreError;
+use crate::crypto::{KeyState, KeyVersion, Purpose};
+use crate::key_lifecycle::KeyStatus;
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
 /// One stored data key: wrapped bytes only (none once retired).
-#[derive(sqlx::FromRow)]
 pub struct DataKeyRow {
-    pub purpose: String,
-    pub version: i32,
+    pub purpose: Purpose,
+    pub version: KeyVersion,
     pub kek_uri: String,
     pub wrapped: Option<Vec<u8>>,
-    pub state: String,
+    pub state: KeyState,
     pub created_at: DateTime<Utc>,
     pub retired_at: Option<DateTime<Utc>>,
     /// The deployment the key is wrapped for (part of the wrap context); `None` for a key
@@ -25,17 +26,81 @@ pub struct DataKeyRow {
     pub database: String,
 }
 
+impl DataKeyRow {
+    /// The key's place in its lifecycle.
+    pub fn status(&self) -> KeyStatus {
+        KeyStatus {
+            purpose: self.purpose,
+            version: self.version,
+            state: self.state,
+        }
+    }
+}
+
+/// The lifecycle of every row.
+pub fn statuses(rows: &[DataKeyRow]) -> Vec<KeyStatus> {
+    rows.iter().map(DataKeyRow::status).collect()
+}
+
+/// A row as stored; the table's CHECK constraints keep purpose and state to known names.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    purpose: String,
+    version: i32,
+    kek_uri: String,
+    wrapped: Option<Vec<u8>>,
+    state: String,
+    created_at: DateTime<Utc>,
+    retired_at: Option<DateTime<Utc>>,
+    deployment: Option<String>,
+    database: String,
+}
+
+impl TryFrom<StoredRow> for DataKeyRow {
+    type Error = StoreError;
+    fn try_from(row: StoredRow) -> Result<DataKeyRow, StoreError> {
+        let bad = |detail: String| StoreError::Query {
+            what: "reading vault.data_keys",
+            detail,
+        };
+        Ok(DataKeyRow {
+            purpose: row.purpose.parse().map_err(|e| bad(format!("{e}")))?,
+            version: u32::try_from(row.version)
+                .map(KeyVersion)
+                .map_err(|_| bad(format!("key version {} is not positive", row.version)))?,
+            state: row.state.parse().map_err(|e| bad(format!("{e}")))?,
+            kek_uri: row.kek_uri,
+            wrapped: row.wrapped,
+            created_at: row.created_at,
+            retired_at: row.retired_at,
+            deployment: row.deployment,
+            database: row.database,
+        })
+    }
+}
+
+fn typed(rows: Vec<StoredRow>) -> Result<Vec<DataKeyRow>, StoreError> {
+    rows.into_iter().map(DataKeyRow::try_from).collect()
+}
+
+/// A version as the `integer` column holds it.
+fn column(version: KeyVersion) -> i32 {
+    version.0 as i32
+}
+
 const COLUMNS: &str = "purpose, version, kek_uri, wrapped, state, created_at, retired_at, deployment, \
                        current_database()::text AS database";
 
 /// Every stored key, by purpose then version.
 pub async fn list(pool: &PgPool) -> Result<Vec<DataKeyRow>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM vault.data_keys ORDER BY purpose, version"
-    )))
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::during("reading vault.data_keys"))
+    typed(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM vault.data_keys ORDER BY purpose, version"
+        )))
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::during("reading vault.data_keys"))?,
+    )
 }
 
 /// Locks the key table against concurrent key changes for the rest of the transaction.
@@ -60,12 +125,14 @@ pub async fn begin_locked(pool: &PgPool) -> Result<(Tx<'static>, Vec<DataKeyRow>
 
 /// Every stored key, read inside a transaction (after [`lock`]).
 pub async fn list_in(tx: &mut Tx<'_>) -> Result<Vec<DataKeyRow>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM vault.data_keys ORDER BY purpose, version"
-    )))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(StoreError::during("reading vault.data_keys"))
+    typed(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM vault.data_keys ORDER BY purpose, version"
+        )))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::during("reading vault.data_keys"))?,
+    )
 }
 
 /// The name of the database the transaction runs in: the default deployment.
@@ -79,17 +146,17 @@ pub async fn database_name(tx: &mut Tx<'_>) -> Result<String, StoreError> {
 /// Stores one key, wrapped under `kek_uri` for `deployment`, in a state.
 pub async fn insert(
     tx: &mut Tx<'_>,
-    purpose: &str,
-    version: i32,
-    state: &str,
+    purpose: Purpose,
+    version: KeyVersion,
+    state: KeyState,
     kek_uri: &str,
     deployment: &str,
     wrapped: &[u8],
 ) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO vault.data_keys (purpose, version, state, kek_uri, deployment, wrapped) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(purpose)
-        .bind(version)
-        .bind(state)
+        .bind(purpose.as_str())
+        .bind(column(version))
+        .bind(state.as_str())
         .bind(kek_uri)
         .bind(deployment)
         .bind(wrapped)
@@ -102,14 +169,14 @@ pub async fn insert(
 /// Sets the state of one key.
 pub async fn set_state(
     tx: &mut Tx<'_>,
-    purpose: &str,
-    version: i32,
-    state: &str,
+    purpose: Purpose,
+    version: KeyVersion,
+    state: KeyState,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE vault.data_keys SET state = $3 WHERE purpose = $1 AND version = $2")
-        .bind(purpose)
-        .bind(version)
-        .bind(state)
+        .bind(purpose.as_str())
+        .bind(column(version))
+        .bind(state.as_str())
         .execute(&mut **tx)
         .await
         .map_err(StoreError::during("updating a key state"))?;
@@ -119,8 +186,8 @@ pub async fn set_state(
 /// Replaces one key's wrapped bytes (re-wrapped under another KEK, or for a deployment).
 pub async fn rewrap(
     tx: &mut Tx<'_>,
-    purpose: &str,
-    version: i32,
+    purpose: Purpose,
+    version: KeyVersion,
     kek_uri: &str,
     deployment: &str,
     wrapped: &[u8],
@@ -129,8 +196,8 @@ pub async fn rewrap(
         "UPDATE vault.data_keys SET kek_uri = $3, deployment = $4, wrapped = $5, rewrapped_at = now()
          WHERE purpose = $1 AND version = $2",
     )
-    .bind(purpose)
-    .bind(version)
+    .bind(purpose.as_str())
+    .bind(column(version))
     .bind(kek_uri)
     .bind(deployment)
     .bind(wrapped)
@@ -141,13 +208,17 @@ pub async fn rewrap(
 }
 
 /// Destroys one key's wrapped bytes and records it as retired (crypto-shredding).
-pub async fn shred(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<(), StoreError> {
+pub async fn shred(
+    tx: &mut Tx<'_>,
+    purpose: Purpose,
+    version: KeyVersion,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE vault.data_keys SET wrapped = NULL, state = 'retired', retired_at = now()
          WHERE purpose = $1 AND version = $2",
     )
-    .bind(purpose)
-    .bind(version)
+    .bind(purpose.as_str())
+    .bind(column(version))
     .execute(&mut **tx)
     .await
     .map_err(StoreError::during("retiring a data key"))?;
@@ -171,15 +242,24 @@ pub async fn fingerprint<'c, E: sqlx::Executor<'c, Database = Postgres>>(
 /// The state of one key, read in the caller's transaction.
 pub async fn state(
     tx: &mut Tx<'_>,
-    purpose: &str,
-    version: i32,
-) -> Result<Option<String>, StoreError> {
-    sqlx::query_scalar("SELECT state FROM vault.data_keys WHERE purpose = $1 AND version = $2")
-        .bind(purpose)
-        .bind(version)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(StoreError::during("reading a key state"))
+    purpose: Purpose,
+    version: KeyVersion,
+) -> Result<Option<KeyState>, StoreError> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM vault.data_keys WHERE purpose = $1 AND version = $2")
+            .bind(purpose.as_str())
+            .bind(column(version))
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::during("reading a key state"))?;
+    state
+        .map(|s| {
+            s.parse().map_err(|e| StoreError::Query {
+                what: "reading a key state",
+                detail: format!("{e}"),
+            })
+        })
+        .transpose()
 }
 
 /// Advisory lock key shared by every `etl keys` job ("piivault" in ASCII).

@@ -8,6 +8,7 @@ use sqlx::{Executor, PgPool, Postgres, Transaction};
 use super::StoreError;
 use super::jobs::JobId;
 use super::quarantine::SealedBody;
+use crate::crypto::{KeyState, KeyVersion, Purpose};
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
@@ -359,11 +360,8 @@ pub async fn rows_using(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<
 /// superseded (or retired) key. Checked after the update, so it cannot deadlock with `retire`.
 async fn commit_if_active(tx: Tx<'_>, version: i32) -> Result<(), StoreError> {
     let mut tx = tx;
-    if super::keys::state(&mut tx, "seal", version)
-        .await?
-        .as_deref()
-        != Some("active")
-    {
+    let version = KeyVersion(version as u32);
+    if super::keys::state(&mut tx, Purpose::Seal, version).await? != Some(KeyState::Active) {
         return Err(StoreError::Stale {
             what: "keys reencrypt",
         });

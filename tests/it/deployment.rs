@@ -218,8 +218,8 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
         sqlx::query(
             "UPDATE vault.data_keys SET wrapped = $3, deployment = NULL WHERE purpose = $1 AND version = $2",
         )
-        .bind(&row.purpose)
-        .bind(row.version)
+        .bind(row.purpose.as_str())
+        .bind(row.version.0 as i32)
         .bind(&wrapped)
         .execute(&db.pool)
         .await

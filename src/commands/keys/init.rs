@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::commands::{Context, print_line};
-use crate::crypto::{KeyVersion, Purpose, new_key_material};
+use crate::crypto::{KeyState, KeyVersion, Purpose, new_key_material};
 use crate::error::Error;
 use crate::kek::WrapContext;
 use crate::keystore;
@@ -23,7 +23,7 @@ pub async fn run(ctx: &Context, if_missing: bool) -> Result<(), Error> {
         for purpose in [Purpose::Seal, Purpose::Token] {
             let active = rows
                 .iter()
-                .find(|r| r.purpose == purpose.as_str() && r.state == "active")
+                .find(|r| r.purpose == purpose && r.state == KeyState::Active)
                 .ok_or(Error::NoKeys(purpose))?;
             keystore::unwrap_row(&kek, active).await?;
         }
@@ -56,9 +56,9 @@ pub async fn run(ctx: &Context, if_missing: bool) -> Result<(), Error> {
         let wrapped = kek.wrap(&context, material.as_ref()).await?;
         store::keys::insert(
             &mut tx,
-            purpose.as_str(),
-            1,
-            "active",
+            purpose,
+            KeyVersion(1),
+            KeyState::Active,
             &kek_uri,
             deployment,
             &wrapped,

@@ -5,8 +5,9 @@
 use serde_json::json;
 
 use crate::commands::{Context, print_line};
-use crate::crypto::Purpose;
+use crate::crypto::{KeyVersion, Purpose};
 use crate::error::Error;
+use crate::key_lifecycle::{self, Retirement};
 use crate::store::{self, StoreError};
 
 /// Shreds one version's wrapped key.
@@ -22,34 +23,16 @@ pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Er
     store::keys::lock(&mut tx).await?;
     let rows = store::keys::list_in(&mut tx).await?;
     let name = purpose.as_str();
-    let Some(key) = rows
-        .iter()
-        .find(|r| r.purpose == name && r.version as u32 == version)
-    else {
-        return Err(Error::Refused(format!(
-            "there is no {name} key v{version}; see `etl keys status`."
-        )));
-    };
-    match key.state.as_str() {
-        "retired" => {
-            return print_line(
-                &json!({"retired": {"purpose": name, "version": version}, "already": true})
-                    .to_string(),
-            );
-        }
-        "active" => {
-            return Err(Error::Refused(format!(
-                "{name} key v{version} is active; rotate first (`etl keys rotate --purpose {name}`)."
-            )));
-        }
-        "pending" => {
-            return Err(Error::Refused(format!(
-                "{name} key v{version} is pending; finish with `etl keys retokenize`."
-            )));
-        }
-        _ => {}
+    let version = KeyVersion(version);
+    if key_lifecycle::plan_retirement(&store::keys::statuses(&rows), purpose, version)?
+        == Retirement::Already
+    {
+        return print_line(
+            &json!({"retired": {"purpose": name, "version": version.0}, "already": true})
+                .to_string(),
+        );
     }
-    let in_use = store::rotation::rows_using(&mut tx, name, key.version).await?;
+    let in_use = store::rotation::rows_using(&mut tx, name, version.0 as i32).await?;
     if in_use > 0 {
         let job = if purpose == Purpose::Seal {
             "reencrypt"
@@ -60,7 +43,7 @@ pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Er
             "{name} key v{version} still protects {in_use} row(s); run `etl keys {job}` first."
         )));
     }
-    store::keys::shred(&mut tx, name, key.version).await?;
+    store::keys::shred(&mut tx, purpose, version).await?;
     // An UPDATE leaves the old row version in the table's pages: rewrite the table in the same
     // transaction, or retire nothing.
     store::keys::rewrite(&mut tx).await?;
@@ -69,11 +52,11 @@ pub async fn run(ctx: &Context, purpose: Purpose, version: u32) -> Result<(), Er
         .map_err(StoreError::during("committing the retirement"))?;
     tracing::info!(
         %purpose,
-        version,
+        version = version.0,
         "retired: wrapped key destroyed and gone from the key table's files \
          (WAL archives and backups keep it until they expire)"
     );
     print_line(
-        &json!({"retired": {"purpose": name, "version": version}, "already": false}).to_string(),
+        &json!({"retired": {"purpose": name, "version": version.0}, "already": false}).to_string(),
     )
 }

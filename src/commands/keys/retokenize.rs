@@ -13,8 +13,9 @@ use serde_json::json;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
 use crate::commands::{Context, begin_job, print_line};
-use crate::crypto::{Keyring, Sealed, Token, TokenKey};
+use crate::crypto::{KeyState, Keyring, Purpose, Sealed, Token, TokenKey};
 use crate::error::Error;
+use crate::key_lifecycle;
 use crate::protect::{SealedLogin, tokens_of};
 use crate::store::rotation::{self, SealedRow};
 use crate::store::{self, StoreError};
@@ -84,20 +85,12 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     staged_rows += rotation::stage_tokens(&mut tx, version, &staged).await?;
     // States as committed now (under the key-table lock), not as loaded at the start.
     let rows = store::keys::list_in(&mut tx).await?;
-    let is = |r: &&store::keys::DataKeyRow, state: &str| r.purpose == "token" && r.state == state;
-    if !rows
-        .iter()
-        .any(|r| is(&r, "pending") && r.version == version)
-    {
-        return Err(Error::Refused(format!(
-            "token key v{version} is no longer pending; see `etl keys status`."
-        )));
-    }
+    let swap = key_lifecycle::plan_token_swap(&store::keys::statuses(&rows), pending.version())?;
     let swapped = rotation::apply_staged(&mut tx).await?;
-    for active in rows.iter().filter(|r| is(r, "active")) {
-        store::keys::set_state(&mut tx, "token", active.version, "previous").await?;
+    for active in swap.demote {
+        store::keys::set_state(&mut tx, Purpose::Token, active, KeyState::Previous).await?;
     }
-    store::keys::set_state(&mut tx, "token", version, "active").await?;
+    store::keys::set_state(&mut tx, Purpose::Token, swap.activate, KeyState::Active).await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the token swap"))?;

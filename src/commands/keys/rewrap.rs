@@ -47,7 +47,7 @@ pub async fn run(ctx: &Context, to: &str) -> Result<(), Error> {
         }
         store::keys::rewrap(
             &mut tx,
-            &row.purpose,
+            row.purpose,
             row.version,
             &to_uri,
             deployment,

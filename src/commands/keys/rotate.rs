@@ -7,11 +7,11 @@
 use serde_json::json;
 
 use crate::commands::{Context, print_line};
-use crate::crypto::{KeyVersion, Purpose, new_key_material};
+use crate::crypto::{KeyState, Purpose, new_key_material};
 use crate::error::Error;
 use crate::kek::WrapContext;
-use crate::keystore;
 use crate::store::{self, StoreError};
+use crate::{key_lifecycle, keystore};
 
 /// Adds the next version.
 pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
@@ -19,57 +19,38 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
     let pool = ctx.pool(2).await?;
     let _job = super::job_lock(&pool).await?;
     let (mut tx, rows) = store::keys::begin_locked(&pool).await?;
-    let mine: Vec<_> = rows
+    let plan = key_lifecycle::plan_rotation(&store::keys::statuses(&rows), purpose)?;
+    let active = rows
         .iter()
-        .filter(|r| r.purpose == purpose.as_str())
-        .collect();
-    let active = mine
-        .iter()
-        .find(|r| r.state == "active")
+        .find(|r| r.purpose == purpose && r.version == plan.current)
         .ok_or(Error::NoKeys(purpose))?;
-    if let Some(pending) = mine.iter().find(|r| r.state == "pending") {
-        return Err(Error::Refused(format!(
-            "token key v{} is already pending; run `etl keys retokenize` to finish that rotation first.",
-            pending.version
-        )));
-    }
     // The new key must be readable by every instance: PIIVAULT_KEK has to be the KEK the current
     // keys are wrapped under (after a `keys rewrap`, an operator may still hold the old one), and
     // PIIVAULT_DEPLOYMENT the deployment they belong to.
     keystore::unwrap_row(&kek, active).await?;
     let deployment = keystore::deployment(&kek, &active.database);
-    let next = mine.iter().map(|r| r.version).max().unwrap_or(0) + 1;
     let material = new_key_material();
     let context = WrapContext {
         purpose,
-        version: KeyVersion(next as u32),
+        version: plan.next,
         deployment: Some(deployment),
     };
     let wrapped = kek.wrap(&context, material.as_ref()).await?;
     let kek_uri = kek.uri().to_string();
-    let state = match purpose {
-        Purpose::Seal => {
-            // Waits for batches in flight and holds new ones until the new key is committed:
-            // afterwards no batch can commit under the old key (writers re-check, then reload).
-            store::rotation::lock_sealed_rows(&mut tx).await?;
-            store::keys::set_state(&mut tx, "seal", active.version, "previous").await?;
-            "active"
-        }
-        Purpose::Token => "pending",
-    };
+    if plan.demote_now {
+        // Waits for batches in flight and holds new ones until the new key is committed:
+        // afterwards no batch can commit under the old key (writers re-check, then reload).
+        store::rotation::lock_sealed_rows(&mut tx).await?;
+        store::keys::set_state(&mut tx, purpose, plan.current, KeyState::Previous).await?;
+    }
     store::keys::insert(
-        &mut tx,
-        purpose.as_str(),
-        next,
-        state,
-        &kek_uri,
-        deployment,
-        &wrapped,
+        &mut tx, purpose, plan.next, plan.state, &kek_uri, deployment, &wrapped,
     )
     .await?;
     tx.commit()
         .await
         .map_err(StoreError::during("committing the new key"))?;
-    tracing::info!(%purpose, version = next, state, deployment, "rotated");
-    print_line(&json!({"purpose": purpose.as_str(), "version": next, "state": state, "previous": active.version}).to_string())
+    let (version, state) = (plan.next.0, plan.state.as_str());
+    tracing::info!(%purpose, version, state, deployment, "rotated");
+    print_line(&json!({"purpose": purpose.as_str(), "version": version, "state": state, "previous": plan.current.0}).to_string())
 }

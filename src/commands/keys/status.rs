@@ -24,7 +24,7 @@ pub async fn run(ctx: &Context, format: Format) -> Result<(), Error> {
             for row in &rows {
                 print_line(
                     &json!({
-                        "purpose": row.purpose, "version": row.version, "state": row.state,
+                        "purpose": row.purpose.as_str(), "version": row.version.0, "state": row.state.as_str(),
                         "created_at": row.created_at.to_rfc3339(), "kek": row.kek_uri,
                         "retired_at": row.retired_at.map(|t| t.to_rfc3339()),
                         "deployment": row.deployment,
@@ -48,9 +48,9 @@ pub async fn run(ctx: &Context, format: Format) -> Result<(), Error> {
             for row in &rows {
                 print_line(&format!(
                     "{:<8} {:>7}  {:<8} {:<21} {:<width$} {}",
-                    row.purpose,
-                    row.version,
-                    row.state,
+                    row.purpose.as_str(),
+                    row.version.0,
+                    row.state.as_str(),
                     row.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
                     row.deployment.as_deref().unwrap_or("legacy"),
                     row.kek_uri
