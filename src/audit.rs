@@ -1,14 +1,13 @@
-//! The audit trail: appending a row (the server chains it) and checking the chain. Rows come
-//! from [`store::audit`], links from [`crypto::chain`]; this module only joins them.
+//! The audit trail: the reason and actor every audited command records (the server writes and
+//! chains the rows), and checking the chain. Rows come from [`crate::store::audit`], links from
+//! [`crate::crypto::chain`]; this module only joins them.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::{Postgres, Transaction};
 
 use crate::crypto::chain::{self, AuditFields, Concerned};
-use crate::store::{self, StoreError, audit::AuditRow};
+use crate::store::audit::AuditRow;
 
 use crate::error::Error;
-pub use crate::store::audit::AppendRequest as Entry;
 
 /// Shortest accepted `--reason`: a word or two is not a reason an auditor can act on (the
 /// server checks the same bound).
@@ -66,14 +65,6 @@ fn expected_hash(row: &AuditRow, prev: &[u8]) -> Option<[u8; 32]> {
         )),
         _ => None,
     }
-}
-
-/// Appends one server-chained row in `tx` (`vault.audit_append()`); returns its id.
-pub async fn append(
-    tx: &mut Transaction<'_, Postgres>,
-    entry: &Entry<'_>,
-) -> Result<i64, StoreError> {
-    store::audit::append(tx, entry).await
 }
 
 /// What `etl audit verify` found.

@@ -1,18 +1,20 @@
 //! `etl erase --user-id ID --reason TEXT`: the right to erasure. Deletes the user's sealed
 //! originals (`vault.login_pii`), their rows in `user_logins`, and every quarantined message whose
 //! body names them (found by the user tags stored at quarantine time, or, for bodies quarantined
-//! before tags existed, by opening them in an audited job), in one transaction with its audit
-//! row. Rows are deleted, not nulled: the
+//! before tags existed, by opening them in an audited job). The deletions and the audit row are
+//! one statement, `vault.erase_user()`: the admin role has no DELETE of its own on the vault or
+//! the analysts' table. Rows are deleted, not nulled: the
 //! analysts' rows carry the user id itself.
 
 use clap::Args;
 use serde_json::json;
 
 use super::{Context, begin_job, print_line};
-use crate::audit::{self, Entry, check_reason, os_user};
-use crate::crypto::{Place, Purpose, Sealed, chain};
+use crate::audit::{check_reason, os_user};
+use crate::crypto::{Place, Purpose, Sealed};
 use crate::error::Error;
-use crate::store::{self, StoreError};
+use crate::store;
+use crate::store::vault::EraseRequest;
 use crate::{keystore, user_ids};
 
 /// Quarantine rows read per page while looking for the user's bodies.
@@ -45,25 +47,15 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
         .map(|key| key.body_tag(user).into_string())
         .collect();
     // Opening untagged bodies is audited (and committed) first; usually there are none.
-    let job = match store::quarantine::count_untagged(&pool).await? {
-        0 => None,
-        n => {
-            let scan = format!("user_id={user}: {n} quarantined bodies without user tags");
-            Some(begin_job(&pool, "erase", &scan, &args.reason).await?)
-        }
-    };
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(StoreError::during("starting a transaction"))?;
-    let (vault, logins) = store::vault::erase_user(&mut tx, user).await?;
-    let mut theirs = store::quarantine::remove_tagged(&mut tx, &tags).await?;
-    let mut unreadable = 0u64;
-    if let Some(job) = job {
-        let mut named = Vec::new();
+    let (mut found, mut unreadable, mut job) = (Vec::new(), 0u64, None);
+    let untagged = store::quarantine::count_untagged(&pool).await?;
+    if untagged > 0 {
+        let scan = format!("user_id={user}: {untagged} quarantined bodies without user tags");
+        let id = begin_job(&pool, "erase", &scan, &args.reason).await?;
+        job = Some(id);
         let mut after = String::new();
         loop {
-            let page = store::quarantine::untagged_page(&mut *tx, job, &after, PAGE).await?;
+            let page = store::quarantine::untagged_page(&pool, id, &after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.message_id.clone();
             for row in page {
@@ -72,38 +64,26 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
                     unreadable += 1;
                     continue;
                 };
-                if user_ids::user_ids_in(&String::from_utf8_lossy(&plain))
-                    .iter()
-                    .any(|id| id == user)
-                {
-                    named.push(row.message_id);
+                let named = user_ids::user_ids_in(&String::from_utf8_lossy(&plain));
+                if named.iter().any(|id| id == user) {
+                    found.push(row.message_id);
                 }
             }
         }
-        store::quarantine::remove_all(&mut tx, &named).await?;
-        theirs.extend(named);
     }
-    let selector = match unreadable {
-        0 => format!("user_id={user}"),
-        n => format!("user_id={user} ({n} quarantined bodies could not be opened)"),
-    };
-    let subjects = [args.user_id.clone()];
-    let digest = chain::records_digest(vault.iter().chain(&theirs).map(String::as_str));
-    let entry = Entry {
-        actor: &os_user(),
-        action: "erase",
-        selector: &selector,
-        user_id: Some(user),
-        ticket: args.ticket.as_deref(),
+    let note =
+        (unreadable > 0).then(|| format!("{unreadable} quarantined bodies could not be opened"));
+    let actor = os_user();
+    let request = EraseRequest {
+        user_id: user,
+        tags: &tags,
+        found: &found,
+        note: note.as_deref(),
         reason: &args.reason,
-        records: (vault.len() + theirs.len()) as i32,
-        subjects: Some(&subjects),
-        records_digest: Some(&digest),
+        ticket: args.ticket.as_deref(),
+        actor: &actor,
     };
-    let audit_id = audit::append(&mut tx, &entry).await?;
-    tx.commit()
-        .await
-        .map_err(StoreError::during("committing the erasure"))?;
+    let erased = store::vault::erase_user(&pool, &request).await?;
     if let Some(job) = job {
         store::jobs::end(&pool, job).await?;
     }
@@ -114,10 +94,11 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> Result<(), Error> {
              they were altered): they may still name this user; run `etl keys verify`"
         );
     }
-    tracing::info!(audit_id, "erasure committed");
+    tracing::info!(audit_id = erased.audit_id, "erasure committed");
     print_line(
-        &json!({"erased": {"user_logins": logins, "vault": vault.len(), "quarantine": theirs.len()},
-                "unreadable_bodies": unreadable, "audit_id": audit_id,
+        &json!({"erased": {"user_logins": erased.login_rows, "vault": erased.vault_rows,
+                           "quarantine": erased.quarantine_rows},
+                "unreadable_bodies": unreadable, "audit_id": erased.audit_id,
                 "until_vacuum": "deleted rows stay in the tables' files until VACUUM reclaims them; VACUUM FULL (as owner) removes them now"})
         .to_string(),
     )

@@ -4,11 +4,9 @@
 //! rows back; hashing for verification lives in `crypto::chain`.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 
 use super::StoreError;
-
-type Tx<'a> = Transaction<'a, Postgres>;
 
 /// One stored audit row.
 #[derive(Debug, sqlx::FromRow)]
@@ -33,45 +31,6 @@ pub struct AuditRow {
 
 const COLUMNS: &str = "id, at, db_role, actor, action, selector, user_id, ticket, reason, records,
      subjects, records_digest, prev_hash, hash, chain_format";
-
-/// What an admin job records (reveals are recorded by `vault.reveal()` itself).
-pub struct AppendRequest<'a> {
-    /// `erase`, `reencrypt`, `retokenize`, `verify`, `replay`, `retire` or `rewrap`.
-    pub action: &'a str,
-    /// How the records were chosen (never a revealed value).
-    pub selector: &'a str,
-    /// The user, when the selector names one.
-    pub user_id: Option<&'a str>,
-    /// Ticket reference, if given.
-    pub ticket: Option<&'a str>,
-    /// Why, verbatim (at least 8 characters; the server checks).
-    pub reason: &'a str,
-    /// OS account running the command (informational; the server records `session_user`).
-    pub actor: &'a str,
-    /// Records concerned.
-    pub records: i32,
-    /// Distinct users concerned, when known.
-    pub subjects: Option<&'a [String]>,
-    /// SHA-256 over the message ids concerned, when known.
-    pub records_digest: Option<&'a [u8]>,
-}
-
-/// Appends one server-chained row in `tx`; returns its id.
-pub async fn append(tx: &mut Tx<'_>, row: &AppendRequest<'_>) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT vault.audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-        .bind(row.action)
-        .bind(row.selector)
-        .bind(row.user_id)
-        .bind(row.ticket)
-        .bind(row.reason)
-        .bind(row.actor)
-        .bind(row.records)
-        .bind(row.subjects)
-        .bind(row.records_digest)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(StoreError::during("writing the audit row"))
-}
 
 /// Every row since `since` (all when `None`), in chain order.
 pub async fn list(

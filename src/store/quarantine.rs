@@ -64,22 +64,6 @@ pub async fn count_untagged(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(StoreError::during("counting untagged quarantine rows"))
 }
 
-/// Deletes every quarantined message tagged with one of `tags` (erasure); returns their ids.
-pub async fn remove_tagged(
-    tx: &mut Transaction<'_, Postgres>,
-    tags: &[String],
-) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar(
-        "DELETE FROM etl.quarantine WHERE user_tags && $1::text[] RETURNING message_id",
-    )
-    .bind(tags)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(StoreError::during(
-        "erasing tagged rows from etl.quarantine",
-    ))
-}
-
 /// The next page of untagged bodies for an open job (`vault.job_untagged_bodies()`).
 pub async fn untagged_page<'c, E: Executor<'c, Database = Postgres>>(
     executor: E,
@@ -97,19 +81,6 @@ pub async fn untagged_page<'c, E: Executor<'c, Database = Postgres>>(
     .fetch_all(executor)
     .await
     .map_err(StoreError::during("reading untagged quarantine rows"))
-}
-
-/// Deletes quarantined messages by id (erasure).
-pub async fn remove_all(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[String],
-) -> Result<u64, StoreError> {
-    let result = sqlx::query("DELETE FROM etl.quarantine WHERE message_id = ANY($1)")
-        .bind(ids)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::during("erasing from etl.quarantine"))?;
-    Ok(result.rows_affected())
 }
 
 /// Removes one entry (after its message was loaded in the same transaction).

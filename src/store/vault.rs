@@ -2,11 +2,9 @@
 //! [`super::writer`].
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 
 use super::StoreError;
-
-type Tx<'a> = Transaction<'a, Postgres>;
 
 /// One vault row: sealed originals of one message.
 #[derive(sqlx::FromRow)]
@@ -91,27 +89,48 @@ pub async fn reveal(
     Ok((audit_id, rows))
 }
 
-/// Deletes one user's rows from the vault, the token staging table and the analysts' table;
-/// returns the message ids of the vault rows and the number of user_logins rows deleted.
-pub async fn erase_user(tx: &mut Tx<'_>, user_id: &str) -> Result<(Vec<String>, u64), StoreError> {
-    let during = StoreError::during;
-    sqlx::query(
-        "DELETE FROM etl.token_next WHERE message_id IN (SELECT message_id FROM vault.login_pii WHERE user_id = $1)",
+/// What `etl erase` asks the database to erase.
+pub struct EraseRequest<'a> {
+    /// Whose data.
+    pub user_id: &'a str,
+    /// The user's body tags under every seal key held: quarantined bodies carrying one go.
+    pub tags: &'a [String],
+    /// Untagged quarantined bodies the caller's audited scan found naming the user.
+    pub found: &'a [String],
+    /// A remark for the audit row's selector (bodies that could not be opened), if any.
+    pub note: Option<&'a str>,
+    /// Why, verbatim.
+    pub reason: &'a str,
+    /// Ticket reference, if given.
+    pub ticket: Option<&'a str>,
+    /// OS account running the command (informational).
+    pub actor: &'a str,
+}
+
+/// What one erasure removed, and its audit row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Erased {
+    pub audit_id: i64,
+    pub vault_rows: i64,
+    pub login_rows: i64,
+    pub quarantine_rows: i64,
+}
+
+/// Erases one user through `vault.erase_user()`: vault rows, staged tokens, analysts' rows and
+/// matching quarantined bodies go, with the audit row, in one statement.
+pub async fn erase_user(pool: &PgPool, request: &EraseRequest<'_>) -> Result<Erased, StoreError> {
+    sqlx::query_as(
+        "SELECT audit_id, vault_rows, login_rows, quarantine_rows
+         FROM vault.erase_user($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(user_id)
-    .execute(&mut **tx)
+    .bind(request.user_id)
+    .bind(request.tags)
+    .bind(request.found)
+    .bind(request.note)
+    .bind(request.reason)
+    .bind(request.ticket)
+    .bind(request.actor)
+    .fetch_one(pool)
     .await
-    .map_err(during("erasing from etl.token_next"))?;
-    let vault: Vec<String> =
-        sqlx::query_scalar("DELETE FROM vault.login_pii WHERE user_id = $1 RETURNING message_id")
-            .bind(user_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(during("erasing from vault.login_pii"))?;
-    let logins = sqlx::query("DELETE FROM user_logins WHERE user_id = $1")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(during("erasing from user_logins"))?;
-    Ok((vault, logins.rows_affected()))
+    .map_err(StoreError::during("erasing through vault.erase_user()"))
 }

@@ -44,6 +44,14 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
             assert_eq!(attempt(url, sql).await, DENIED, "{who}: {sql}");
         }
     }
+    // Nor may the admin delete a user's originals or rows outside vault.erase_user(), which
+    // writes the audit row with the deletion.
+    for sql in [
+        "DELETE FROM vault.login_pii WHERE user_id = 'g1'",
+        "DELETE FROM user_logins WHERE user_id = 'g1'",
+    ] {
+        assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
+    }
     // Only the auditor may call the reveal function.
     let call = "SELECT * FROM vault.reveal('user_id', 'g1', 'direct SQL attempt', NULL, 'mallory')";
     assert_eq!(attempt(&etl_url, call).await, DENIED);
@@ -324,6 +332,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "audit_append",
             "audit_write",
             "count_not_sealed_at",
+            "erase_user",
             "job_begin",
             "job_end",
             "job_quarantine_rows",
