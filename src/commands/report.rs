@@ -22,11 +22,12 @@ enum Report {
         /// Group by the masked device id or the masked IP.
         #[arg(long, value_enum, default_value_t = By::Device)]
         by: By,
-        /// Only groups with at least this many distinct users.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..))]
+        /// Only groups with at least this many distinct users (2 or more: a token one user
+        /// has is not a duplicate, and the database never lists one).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(2..))]
         min_users: i64,
-        /// At most this many groups, most users first.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        /// At most this many groups, most users first (1 to 1,000, the database's bound).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
