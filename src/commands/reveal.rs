@@ -1,8 +1,8 @@
 //! `etl reveal`: record who looked and why, then open the originals of the selected records.
 //!
-//! Sealed values are readable only through `vault.reveal()`, which appends the audit row and
-//! returns the records in one statement, committed before anything is opened or printed: if the
-//! audit cannot be written, nothing is revealed, whatever client is used.
+//! Sealed values are readable only through `vault.reveal_request()`, which commits the audit
+//! row, and then `vault.reveal_rows()`, which serves only a committed request: if the audit
+//! cannot be written, nothing is revealed, whatever client is used.
 
 use clap::{Args, ValueEnum};
 use serde_json::json;

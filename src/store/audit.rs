@@ -1,5 +1,5 @@
 //! `vault.reveal_audit`: the append-only trail of reveals, erasures and key jobs. The server
-//! writes every row (`vault.audit_append()` / `vault.reveal()`, migration 0009): id, time,
+//! writes every row (`vault.audit_write()`, called by the definer functions): id, time,
 //! database role and hash are never the client's. This module calls those functions and reads
 //! rows back; hashing for verification lives in `crypto::chain`.
 

@@ -64,17 +64,12 @@ fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     StoreError::during(what)
 }
 
-/// Vault rows and quarantined bodies not sealed under `version` in the current format (whose
-/// values do not start with `current_prefix`, given by the caller: this module knows no format).
-/// Counted by `vault.count_not_sealed_at()`: the admin role cannot read sealed columns.
-pub async fn count_not_sealed_at(
-    pool: &PgPool,
-    version: i32,
-    current_prefix: &[u8],
-) -> Result<(i64, i64), StoreError> {
-    sqlx::query_as("SELECT vault, quarantine FROM vault.count_not_sealed_at($1, $2)")
+/// Vault rows and quarantined bodies not sealed under `version` in the current format, counted
+/// by `vault.count_not_sealed_at()` (the admin role cannot read sealed columns, and the format
+/// marker is fixed in the database so the count is no oracle on sealed bytes).
+pub async fn count_not_sealed_at(pool: &PgPool, version: i32) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as("SELECT vault, quarantine FROM vault.count_not_sealed_at($1)")
         .bind(version)
-        .bind(current_prefix)
         .fetch_one(pool)
         .await
         .map_err(during("counting rows to re-encrypt"))
@@ -280,7 +275,7 @@ pub async fn discard_stale_staged(pool: &PgPool, version: i32) -> Result<u64, St
 
 /// Blocks writers of the analysts' table until the transaction ends (they wait, not fail).
 pub async fn lock_user_logins(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("LOCK TABLE user_logins IN SHARE ROW EXCLUSIVE MODE")
+    sqlx::query("SELECT vault.lock_for_key_job('user_logins')")
         .execute(&mut **tx)
         .await
         .map_err(during("locking user_logins for the token swap"))?;
@@ -319,7 +314,7 @@ pub async fn vault_with_tokens(
 /// Blocks writers of sealed values until the transaction ends, and waits for those in flight
 /// (for `keys rotate --purpose seal`: after it commits, no batch can commit under the old key).
 pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("LOCK TABLE vault.login_pii, etl.quarantine IN SHARE ROW EXCLUSIVE MODE")
+    sqlx::query("SELECT vault.lock_for_key_job('sealed')")
         .execute(&mut **tx)
         .await
         .map_err(during("locking the sealed tables"))?;
@@ -328,12 +323,10 @@ pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
 
 /// Blocks every writer of protected rows until the transaction ends (for `keys retire`).
 pub async fn lock_protected_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query(
-        "LOCK TABLE user_logins, vault.login_pii, etl.quarantine, etl.token_next IN SHARE ROW EXCLUSIVE MODE",
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(during("locking the protected tables"))?;
+    sqlx::query("SELECT vault.lock_for_key_job('protected')")
+        .execute(&mut **tx)
+        .await
+        .map_err(during("locking the protected tables"))?;
     Ok(())
 }
 

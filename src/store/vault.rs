@@ -1,4 +1,4 @@
-//! `vault.login_pii` for reveal (through `vault.reveal()`) and erase. Writes happen in
+//! `vault.login_pii` for reveal (through `vault.reveal_request()` and `reveal_rows()`) and erase. Writes happen in
 //! [`super::writer`].
 
 use chrono::{DateTime, Utc};
@@ -17,14 +17,6 @@ pub struct VaultRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// One row `vault.reveal()` returns: the audit row's id beside each record.
-#[derive(sqlx::FromRow)]
-struct RevealedRow {
-    audit_id: i64,
-    #[sqlx(flatten)]
-    row: VaultRow,
-}
-
 /// Which vault rows a reveal or erase concerns.
 pub enum Selector<'a> {
     /// Every row of one user.
@@ -36,7 +28,7 @@ pub enum Selector<'a> {
 }
 
 impl Selector<'_> {
-    /// The selector's name in `vault.reveal()` and the audit trail.
+    /// The selector's name in `vault.reveal_request()` and the audit trail.
     pub fn name(&self) -> &'static str {
         match self {
             Selector::User(_) => "user_id",
@@ -65,27 +57,36 @@ pub struct RevealRequest<'a> {
     pub actor: &'a str,
 }
 
-/// Reveals through `vault.reveal()`: one statement appends the audit row and returns the
-/// selected rows, oldest first, committed before this returns. Returns the audit row's id (none
-/// when nothing matched and the server returned no row) and the rows.
+/// Reveals in two statements, each its own transaction: `vault.reveal_request()` commits the
+/// audit row and a single-use grant, then `vault.reveal_rows()` returns the selected rows, oldest
+/// first. The database serves no row before the audit row is committed. Returns the audit row's
+/// id and the rows.
 pub async fn reveal(
     pool: &PgPool,
     request: &RevealRequest<'_>,
-) -> Result<(Option<i64>, Vec<VaultRow>), StoreError> {
-    let rows: Vec<RevealedRow> = sqlx::query_as(
-        "SELECT audit_id, message_id, user_id, key_version, ip_sealed, device_id_sealed, created_at
-         FROM vault.reveal($1, $2, $3, $4, $5)",
+) -> Result<(i64, Vec<VaultRow>), StoreError> {
+    let (audit_id, _records): (i64, i32) =
+        sqlx::query_as("SELECT audit_id, records FROM vault.reveal_request($1, $2, $3, $4, $5)")
+            .bind(request.selector.name())
+            .bind(request.selector.value())
+            .bind(request.reason)
+            .bind(request.ticket)
+            .bind(request.actor)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::during(
+                "auditing the reveal (vault.reveal_request())",
+            ))?;
+    let rows = sqlx::query_as(
+        "SELECT message_id, user_id, key_version, ip_sealed, device_id_sealed, created_at
+         FROM vault.reveal_rows($1)",
     )
-    .bind(request.selector.name())
-    .bind(request.selector.value())
-    .bind(request.reason)
-    .bind(request.ticket)
-    .bind(request.actor)
+    .bind(audit_id)
     .fetch_all(pool)
     .await
-    .map_err(StoreError::during("revealing through vault.reveal()"))?;
-    let audit_id = rows.first().map(|r| r.audit_id);
-    let rows = rows.into_iter().map(|r| r.row).collect();
+    .map_err(StoreError::during(
+        "reading the revealed rows (vault.reveal_rows())",
+    ))?;
     Ok((audit_id, rows))
 }
 

@@ -52,34 +52,80 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
     }
-    // Only the auditor may call the reveal function.
-    let call = "SELECT * FROM vault.reveal('user_id', 'g1', 'direct SQL attempt', NULL, 'mallory')";
+    // Only the auditor may call the reveal functions.
+    let call = "SELECT * FROM vault.reveal_request('user_id', 'g1', 'direct SQL attempt', NULL, 'mallory')";
     assert_eq!(attempt(&etl_url, call).await, DENIED);
     assert_eq!(attempt(&analyst_url, call).await, DENIED);
+    assert_eq!(attempt(&admin_url, call).await, DENIED);
     assert_eq!(
         s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
         0
     );
 
-    // The auditor's own SQL through the function gets the sealed rows and, in the same
-    // statement, an audit row the server wrote: its login, whose records, a digest of which.
+    // Reading in the transaction that requested, then rolling the audit row back: refused, so
+    // nothing is read and nothing needs recording.
     let pool = PgPool::connect(&auditor_url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let (audit_id,): (i64,) = sqlx::query_as(
+        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'read then roll back', NULL, 'mallory')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let read = sqlx::query("SELECT * FROM vault.reveal_rows($1)")
+        .bind(audit_id)
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        matches!(&read, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DENIED)),
+        "{read:?}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
+        0
+    );
+    // A reason of whitespace is no reason.
+    assert_eq!(
+        attempt(
+            &auditor_url,
+            "SELECT * FROM vault.reveal_request('user_id', 'g1', E'\\t\\t\\t\\t\\t\\t\\t\\t\\t', NULL, 'x')"
+        )
+        .await,
+        "22023"
+    );
+
+    // The auditor's own SQL: the request commits the audit row the server wrote (its login,
+    // whose records, a digest of which); only then does a second statement return the rows,
+    // once.
     let token: String = sqlx::query_scalar(
         "SELECT masked_device_id FROM user_logins WHERE device_type IS NULL AND user_id = 'g2'",
     )
     .fetch_one(&s.db.pool)
     .await
     .unwrap();
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT audit_id, message_id, user_id FROM vault.reveal('token', $1, 'duplicate device case', 'T-9', 'mallory')",
+    let (audit_id, records): (i64, i32) = sqlx::query_as(
+        "SELECT audit_id, records FROM vault.reveal_request('token', $1, 'duplicate device case', 'T-9', 'mallory')",
     )
     .bind(&token)
-    .fetch_all(&pool)
+    .fetch_one(&pool)
     .await
     .unwrap();
+    assert_eq!(records, 2);
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT message_id, user_id FROM vault.reveal_rows($1)")
+            .bind(audit_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let again = sqlx::query("SELECT * FROM vault.reveal_rows($1)")
+        .bind(audit_id)
+        .execute(&pool)
+        .await;
+    assert!(again.is_err(), "a grant serves once");
     pool.close().await;
     assert_eq!(rows.len(), 2);
-    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     type Audit = (
         i64,
         String,
@@ -95,7 +141,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     .fetch_one(&s.db.pool)
     .await
     .unwrap();
-    assert_eq!(audit.0, rows[0].0);
+    assert_eq!(audit.0, audit_id);
     assert_eq!(
         audit.1, auditor,
         "db_role is the session's login, set by the server"
@@ -143,6 +189,51 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
         DENIED
     );
     let pool = PgPool::connect(&admin_url).await.unwrap();
+    // A job read in the transaction that began it (then rolled back, with its audit row): refused.
+    let mut tx = pool.begin().await.unwrap();
+    let uncommitted: i64 = sqlx::query_scalar(
+        "SELECT vault.job_begin('verify', 'all sealed values', 'read then roll back', 'mallory')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let read = sqlx::query(sqlx::AssertSqlSafe(page(uncommitted)))
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        matches!(&read, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DENIED)),
+        "{read:?}"
+    );
+    tx.rollback().await.unwrap();
+    // A job reads only what its action needs: an erase job (which counts untagged bodies only)
+    // never reads the vault.
+    let erase_job: i64 = sqlx::query_scalar(
+        "SELECT vault.job_begin('erase', 'user_id=x', 'erasure request 5', 'mallory')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempt(&admin_url, &page(erase_job)).await,
+        DENIED,
+        "erase job"
+    );
+    // Counting what re-encryption has left is no oracle on sealed bytes: the marker is fixed.
+    assert_eq!(
+        attempt(
+            &admin_url,
+            "SELECT * FROM vault.count_not_sealed_at(1, '\\x00')"
+        )
+        .await,
+        "42883"
+    );
+    // The admin writes only the columns its jobs write.
+    for sql in [
+        "UPDATE vault.login_pii SET user_id = 'decoy'",
+        "UPDATE user_logins SET user_id = 'decoy'",
+    ] {
+        assert_eq!(attempt(&admin_url, sql).await, DENIED, "{sql}");
+    }
     let job: i64 = sqlx::query_scalar(
         "SELECT vault.job_begin('verify', 'all sealed values', 'manual check by psql', 'mallory')",
     )
@@ -205,6 +296,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     assert_eq!(
         actions,
         [
+            "erase",
             "verify",
             "verify",
             "reencrypt",
@@ -259,23 +351,16 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
     }
     let admin_url = &logins[3].1.1;
     let auditor_url = &logins[2].1.1;
-    // Admin jobs record themselves, but never as a reveal; the auditor records only by revealing.
-    assert_eq!(
-        attempt(
-            admin_url,
-            "SELECT vault.audit_append('reveal', 'user_id=g1', 'g1', NULL, 'a fake reveal row', 'x', 1, NULL, NULL)"
-        )
-        .await,
-        DENIED
-    );
-    assert_eq!(
-        attempt(
-            auditor_url,
-            "SELECT vault.audit_append('erase', 'user_id=g1', 'g1', NULL, 'a fake erase row', 'x', 1, NULL, NULL)"
-        )
-        .await,
-        DENIED
-    );
+    // Rows come only with what they record: a reveal, a job, an erasure. No role may append a
+    // free-standing row ("an erasure happened") that the data contradicts.
+    for (who, url) in [("admin", admin_url), ("auditor", auditor_url)] {
+        for action in ["reveal", "erase"] {
+            let sql = format!(
+                "SELECT vault.audit_append('{action}', 'user_id=g1', 'g1', NULL, 'a forged row here', 'x', 1, NULL, NULL)"
+            );
+            assert_eq!(attempt(url, &sql).await, DENIED, "{who}: {action}");
+        }
+    }
     // The owner too is refused by the append-only rule (it must switch the rule off on purpose).
     for sql in [
         "UPDATE vault.reveal_audit SET reason = 'owner edit'",
@@ -285,15 +370,19 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
     ] {
         assert_eq!(attempt(&s.db.url, sql).await, DENIED, "owner: {sql}");
     }
-    // A legitimate admin append still works and takes the next id: nothing was jammed.
-    assert_eq!(
-        attempt(
-            admin_url,
-            "SELECT vault.audit_append('erase', 'user_id=nobody', 'nobody', NULL, 'erasure request 7', 'x', 0, NULL, NULL)"
-        )
-        .await,
-        "ok"
-    );
+    // A legitimate erasure still appends and takes the next id: nothing was jammed.
+    s.etl
+        .clone()
+        .with("DATABASE_URL", admin_url)
+        .run(&[
+            "erase",
+            "--user-id",
+            "nobody",
+            "--reason",
+            "erasure request 7",
+        ])
+        .await
+        .json();
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM vault.reveal_audit ORDER BY id")
         .fetch_all(&s.db.pool)
         .await
@@ -330,6 +419,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         names,
         [
             "audit_append",
+            "audit_key_change",
             "audit_write",
             "count_not_sealed_at",
             "erase_user",
@@ -338,14 +428,20 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "job_quarantine_rows",
             "job_untagged_bodies",
             "job_vault_rows",
-            "reveal",
+            "lock_for_key_job",
+            "reveal_request",
+            "reveal_rows",
             "rewrite_data_keys",
             "shared_tokens"
         ]
     );
     for (name, owner, _, config) in &functions {
         assert_eq!(owner, "piivault_definer", "{name}");
-        assert_eq!(config, &["search_path=pg_catalog, pg_temp"], "{name}");
+        assert_eq!(
+            config.first().map(String::as_str),
+            Some("search_path=pg_catalog, pg_temp"),
+            "{name}"
+        );
     }
     let (login, superuser): (bool, bool) = sqlx::query_as(
         "SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'piivault_definer'",
@@ -628,6 +724,17 @@ async fn retire_and_rewrap_leave_no_old_wrapped_key_in_the_table_files() {
     assert!(
         !file_holds(&s, &before_path, &old).await,
         "retired key left in the old file"
+    );
+    // The change of key material is audited by the database, under the admin's login.
+    let (action, selector, db_role): (String, String, String) = sqlx::query_as(
+        "SELECT action, selector, db_role FROM vault.reveal_audit ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (action.as_str(), selector.as_str(), db_role.as_str()),
+        ("retire", "seal key v1", admin.as_str())
     );
 
     // Rewrap to another KEK: no key wrapped under the old one stays behind.

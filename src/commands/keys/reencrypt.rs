@@ -39,8 +39,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     .await?;
     let (mut vault, mut quarantine, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..PASSES {
-        let (vault_left, quarantine_left) =
-            rotation::count_not_sealed_at(&pool, version, &FORMAT_2_PREFIX).await?;
+        let (vault_left, quarantine_left) = rotation::count_not_sealed_at(&pool, version).await?;
         if vault_left + quarantine_left == failed as i64 {
             break; // only rows that do not open are left (reported below)
         }
