@@ -168,6 +168,16 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     s.db.drop_db().await;
 }
 
+/// Starts (and commits) a key job as the pool's login, the way psql would.
+async fn job_begin(pool: &PgPool, action: &str, reason: &str) -> i64 {
+    sqlx::query_scalar("SELECT vault.job_begin($1, 'by hand', $2, 'mallory')")
+        .bind(action)
+        .bind(reason)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     let s = Setup::new().await;
@@ -207,12 +217,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     tx.rollback().await.unwrap();
     // A job reads only what its action needs: an erase job (which counts untagged bodies only)
     // never reads the vault.
-    let erase_job: i64 = sqlx::query_scalar(
-        "SELECT vault.job_begin('erase', 'user_id=x', 'erasure request 5', 'mallory')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let erase_job = job_begin(&pool, "erase", "erasure request 5").await;
     assert_eq!(
         attempt(&admin_url, &page(erase_job)).await,
         DENIED,
@@ -234,12 +239,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "{sql}");
     }
-    let job: i64 = sqlx::query_scalar(
-        "SELECT vault.job_begin('verify', 'all sealed values', 'manual check by psql', 'mallory')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let job = job_begin(&pool, "verify", "manual check by psql").await;
     assert_eq!(
         attempt(&other_url, &page(job)).await,
         DENIED,
