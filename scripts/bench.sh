@@ -17,7 +17,7 @@
 # Prints markdown tables and writes target/bench/results.json. BENCH_PHASES picks phases
 # (default: "backfill keys reveal sqs model micro status"); sizes as below. The reveal phase times
 # `etl reveal` of one user with BENCH_REVEAL (1,000) records among BENCH_EVENTS others, end to end
-# and the `vault.reveal()` statement alone (median of 5 runs each).
+# and its two statements alone (`vault.reveal_request()` + `reveal_rows()`; median of 5 runs each).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"
@@ -140,11 +140,16 @@ def timed(cmd):
     return time.monotonic() - start, run.stdout
 runs = [timed([etl, "reveal", "--user-id", "bench-reveal-user", "--reason", "benchmark reveal"]) for _ in range(5)]
 assert all(len(out.splitlines()) == n for _, out in runs), "reveal did not return every record"
-sql = "\\timing on\nSELECT count(*) FROM vault.reveal('user_id', 'bench-reveal-user', 'benchmark reveal', NULL, 'bench');"
+# The two statements of a reveal, each its own transaction: request (audit row + grant), rows.
+sql = ("\\timing on\n"
+       "SELECT audit_id FROM vault.reveal_request('user_id', 'bench-reveal-user', 'benchmark reveal', NULL, 'bench') \\gset\n"
+       "SELECT count(*) FROM vault.reveal_rows(:audit_id);\n")
 statement = []
 for _ in range(5):
-    out = subprocess.run(["psql", url, "-At"], input=sql, stdout=subprocess.PIPE, text=True, check=True).stdout
-    statement.append(float(out.split("Time: ")[1].split(" ms")[0]) / 1000)
+    out = subprocess.run(["psql", url, "-At", "-v", "ON_ERROR_STOP=1"], input=sql,
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out.splitlines().count(str(n)) == 1, out
+    statement.append(sum(float(t.split(" ms")[0]) for t in out.split("Time: ")[1:]) / 1000)
 row = {"name": f"reveal ({n} records)", "records": n,
        "etl_reveal_s": round(statistics.median(t for t, _ in runs), 3),
        "statement_s": round(statistics.median(statement), 4)}

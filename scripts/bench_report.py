@@ -60,8 +60,8 @@ for r in find("keys "):
     print(f"| {r['name']} | {r['rows']:,} | {r['wall_s']} | {fmt(r['rows_per_s'])} | {r['cpu_us_per_row']} | {r['peak_rss_mib']} |")
 
 for r in find("reveal ("):
-    print("\n### Reveal through vault.reveal()\n")
-    print("| run | records | `etl reveal` wall s (median of 5) | `vault.reveal()` statement s (median of 5) |")
+    print("\n### Reveal through the database\n")
+    print("| run | records | `etl reveal` wall s (median of 5) | `reveal_request` + `reveal_rows` s (median of 5) |")
     print("|---|---:|---:|---:|")
     print(f"| {r['name']} | {r['records']:,} | {r['etl_reveal_s']} | {r['statement_s']} |")
 
