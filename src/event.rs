@@ -281,16 +281,18 @@ fn duplicate_key(object_text: &str) -> Option<Option<&'static str>> {
                     self,
                     mut map: A,
                 ) -> Result<Keys, A::Error> {
+                    // Reads the whole object: returning at the first repeat left the map half
+                    // read, serde_json then failed, and the repeat went unnoticed.
                     let mut seen = std::collections::HashSet::new();
+                    let mut first = None;
                     while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                         map.next_value::<serde::de::IgnoredAny>()?;
-                        if !seen.insert(key.clone()) {
-                            return Ok(Keys(Some(
-                                KNOWN_FIELDS.iter().find(|f| **f == key).copied(),
-                            )));
+                        if first.is_none() && seen.contains(&key) {
+                            first = Some(KNOWN_FIELDS.iter().find(|f| **f == key).copied());
                         }
+                        seen.insert(key);
                     }
-                    Ok(Keys(None))
+                    Ok(Keys(first))
                 }
             }
             d.deserialize_map(Visit)
@@ -564,10 +566,28 @@ mod tests {
 
     #[test]
     fn duplicate_keys_and_oversized_bodies_are_rejected_without_echoing_input() {
-        let dup = decode(r#"{"user_id":"a","user_id":"b"}"#)
+        // Wherever the repeat stands: first keys, the middle, the end.
+        for body in [
+            r#"{"user_id":"a","user_id":"b"}"#,
+            r#"{"user_id":"u-a","user_id":"u-b","ip":"10.9.8.6","device_id":"X"}"#,
+            r#"{"ip":"10.9.8.6","user_id":"u-a","device_id":"X","user_id":"u-b","locale":"fr"}"#,
+            r#"{"ip":"10.9.8.6","device_id":"X","user_id":"u-a","user_id":"u-b"}"#,
+        ] {
+            let dup = decode(body).map(|_| ()).unwrap_err();
+            assert_eq!(
+                dup.to_string(),
+                "field user_id appears more than once",
+                "{body}"
+            );
+        }
+        let first = decode(r#"{"ip":"10.0.0.1","ip":"10.0.0.2","user_id":"a","user_id":"b"}"#)
             .map(|_| ())
             .unwrap_err();
-        assert_eq!(dup.to_string(), "field user_id appears more than once");
+        assert_eq!(
+            first.to_string(),
+            "field ip appears more than once",
+            "the first repeat"
+        );
         let secret = decode(r#"{"user_id":"a","alice@example.com":1,"alice@example.com":2}"#)
             .map(|_| ())
             .unwrap_err();
