@@ -40,10 +40,19 @@ impl DatabaseUrl {
 }
 
 impl fmt::Debug for DatabaseUrl {
+    /// Only the parts that are never secret, as Postgres's own parser reads the URL: a password
+    /// may also sit in the query string (`?password=`), so no text of the URL is echoed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.split_once('@') {
-            Some((_, host)) => write!(f, "postgres://***@{host}"),
-            None => f.write_str(&self.0),
+        match self.0.parse::<sqlx::postgres::PgConnectOptions>() {
+            Ok(o) => write!(
+                f,
+                "postgres://{}:***@{}:{}/{}",
+                o.get_username(),
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or("")
+            ),
+            Err(_) => f.write_str("<a database URL that does not parse; not shown>"),
         }
     }
 }
@@ -161,6 +170,16 @@ mod tests {
     #[test]
     fn debug_hides_the_database_password() {
         let url = DatabaseUrl("postgres://etl:s3cret@db:5432/x".into());
-        assert_eq!(format!("{url:?}"), "postgres://***@db:5432/x");
+        assert_eq!(format!("{url:?}"), "postgres://etl:***@db:5432/x");
+        for url in [
+            "postgres:///x?password=s3cret&user=etl",
+            "postgres://db/x?password=s3cret",
+            "postgresql://etl@db/x?sslmode=disable&password=s3cret",
+            "postgres://etl:s3cret@db@evil/x",
+            "not a url s3cret",
+        ] {
+            let shown = format!("{:?}", DatabaseUrl(url.into()));
+            assert!(!shown.contains("s3cret"), "{url} -> {shown}");
+        }
     }
 }

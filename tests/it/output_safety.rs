@@ -268,3 +268,27 @@ async fn help_never_prints_secret_variable_values() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_in_the_query_string_never_reaches_stderr() {
+    let secret = "qs-s3cret-pw";
+    for url in [
+        format!("postgres://127.0.0.1:1/x?user=etl&password={secret}"),
+        format!("postgres:///x?host=127.0.0.1&port=1&password={secret}"),
+    ] {
+        for format in ["pretty", "json"] {
+            let run = Etl::default()
+                .with("DATABASE_URL", &url)
+                .with("PIIVAULT_KEK", "file:/nonexistent/kek.bin")
+                .with("RUST_LOG", "trace")
+                .run(&["--log-format", format, "keys", "status"])
+                .await;
+            assert_eq!(run.code, 69, "unreachable: {}", run.stderr);
+            assert!(
+                !run.stderr.contains(secret) && !run.stdout.contains(secret),
+                "{url} ({format}): {}",
+                run.stderr
+            );
+        }
+    }
+}
