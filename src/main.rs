@@ -73,7 +73,8 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,8 +107,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what failed, then what to do.
-            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            // One line: what failed, then what to do. With JSON logs, one JSON object like every
+            // other stderr line.
+            let line = e.to_string().replace('\n', " ");
+            match log_format {
+                LogFormat::Json => tracing::error!(exit_code = e.exit_code(), "{line}"),
+                LogFormat::Pretty => eprintln!("error: {line}"),
+            }
             ExitCode::from(e.exit_code())
         }
     }

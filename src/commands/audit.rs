@@ -79,7 +79,7 @@ pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
             let (rows, (head_id, head_hash)) = store::audit::chain(&pool).await?;
             let report = audit::verify(&rows, Some((head_id, &head_hash)));
             for (id, why) in &report.broken {
-                eprintln!("error: audit row {id}: {why}");
+                tracing::error!(audit_id = id, "audit row {id}: {why}");
             }
             let broken = report.broken.len();
             print_line(

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, OpenFailed};
 use crate::error::Error;
 use crate::kek::Kek;
 use crate::store::jobs::{JobId, JobStart};
@@ -107,4 +107,14 @@ pub async fn begin_job(
         actor: &actor,
     };
     Ok(store::jobs::begin(pool, &start).await?)
+}
+
+/// Logs a sealed value that did not open as one structured event (never its content).
+pub fn report_open_failure(e: &OpenFailed) {
+    tracing::error!(
+        message_id = %e.message_id,
+        field = e.field,
+        key_version = e.key_version,
+        "{e}"
+    );
 }

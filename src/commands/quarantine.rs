@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use super::{Context, begin_job, output, print_line};
+use super::{Context, begin_job, output, print_line, report_open_failure};
 use crate::crypto::{Place, Sealed};
 use crate::error::Error;
 use crate::protect::{self, Record, WriteKeys};
@@ -109,7 +109,7 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
                 Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),
                 Err(e) => {
                     failed += 1;
-                    eprintln!("error: {e}");
+                    report_open_failure(&e);
                     continue;
                 }
             };

@@ -7,7 +7,7 @@
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{Context, output, print_line};
+use super::{Context, output, print_line, report_open_failure};
 use crate::audit::{check_reason, os_user};
 use crate::crypto::{Field, Keyring, OpenFailed, Place, Purpose, Sealed};
 use crate::error::Error;
@@ -91,12 +91,7 @@ pub async fn run(args: RevealArgs, ctx: &Context) -> Result<(), Error> {
             Ok(record) => opened.push(record),
             Err(e) => {
                 failed += 1;
-                tracing::error!(
-                    message_id = %e.message_id,
-                    field = e.field,
-                    key_version = e.key_version,
-                    "{e}"
-                );
+                report_open_failure(&e);
             }
         }
     }

@@ -661,8 +661,27 @@ async fn seals_bind_their_user_and_older_seals_move_to_the_new_format() {
         "{}",
         swapped.stderr
     );
-    let verify = s.etl.run(&["keys", "verify"]).await;
+    let verify = s.etl.run(&["--log-format", "json", "keys", "verify"]).await;
     assert_eq!(verify.code, 65);
+    // Each finding is one JSON object on its own line, naming the message, never a value.
+    let events: Vec<serde_json::Value> = verify
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let findings: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["level"] == "ERROR" && e["message_id"].is_string())
+        .collect();
+    assert!(findings.len() >= 2, "{}", verify.stderr);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["exit_code"] == 65 && e["level"] == "ERROR"),
+        "the fatal error too: {}",
+        verify.stderr
+    );
+    assert!(!verify.stderr.contains("10.8.8.8") && !verify.stderr.contains("10.9.9.9"));
     s.db.drop_db().await;
 }
 

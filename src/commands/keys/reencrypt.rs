@@ -10,7 +10,7 @@ use serde_json::json;
 use super::job_lock;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
-use crate::commands::{Context, begin_job, print_line};
+use crate::commands::{Context, begin_job, print_line, report_open_failure};
 use crate::crypto::{BodyTag, FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
 use crate::error::Error;
 use crate::protect::{reseal, reseal_body};
@@ -122,7 +122,7 @@ async fn reseal_vault(
                 }),
                 (Err(e), _) | (_, Err(e)) => {
                     *failed += 1;
-                    eprintln!("error: {e}");
+                    report_open_failure(&e);
                 }
             }
         }
@@ -172,7 +172,7 @@ async fn reseal_quarantine(
                 }),
                 Err(e) => {
                     *failed += 1;
-                    eprintln!("error: {e}");
+                    report_open_failure(&e);
                 }
             }
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
-use crate::commands::{Context, begin_job, print_line};
+use crate::commands::{Context, begin_job, print_line, report_open_failure};
 use crate::crypto::{KeyState, Keyring, Purpose, Sealed, Token, TokenKey};
 use crate::error::Error;
 use crate::key_lifecycle;
@@ -128,7 +128,7 @@ fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64)
             )),
             Err(e) => {
                 *failed += 1;
-                eprintln!("error: {e}");
+                report_open_failure(&e);
             }
         }
     }

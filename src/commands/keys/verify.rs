@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::commands::progress::Progress;
-use crate::commands::{Context, begin_job, print_line};
+use crate::commands::{Context, begin_job, print_line, report_open_failure};
 use crate::crypto::{Field, KeyVersion, Place, Sealed};
 use crate::error::Error;
 use crate::protect::{SealedLogin, tokens_of};
@@ -37,8 +37,9 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 .is_some_and(|u| *u != row.user_id)
             {
                 mismatched += 1;
-                eprintln!(
-                    "error: message {}: the vault row's user_id differs from its user_logins row",
+                tracing::error!(
+                    message_id = %row.message_id,
+                    "message {}: the vault row's user_id differs from its user_logins row",
                     row.message_id
                 );
             }
@@ -50,8 +51,9 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 .any(|v| v.version() != Some(labelled))
             {
                 mismatched += 1;
-                eprintln!(
-                    "error: message {}: key_version {} differs from the sealed values' version",
+                tracing::error!(
+                    message_id = %row.message_id,
+                    "message {}: key_version {} differs from the sealed values' version",
                     row.message_id, row.key_version
                 );
             }
@@ -63,15 +65,16 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                             keys.open(&Place::login(&row.message_id, &row.user_id, field), v)
                     {
                         failed += 1;
-                        eprintln!("error: {e}");
+                        report_open_failure(&e);
                     }
                 }
                 continue;
             };
             let Some(token_key) = keys.token_key(KeyVersion(version as u32)) else {
                 mismatched += 1;
-                eprintln!(
-                    "error: message {} carries token v{version}, whose key is gone",
+                tracing::error!(
+                    message_id = %row.message_id,
+                    "message {} carries token v{version}, whose key is gone",
                     row.message_id
                 );
                 continue;
@@ -90,15 +93,16 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                             == row.masked_device_id.as_deref();
                     if !same {
                         mismatched += 1;
-                        eprintln!(
-                            "error: message {}: stored tokens differ from the recomputed ones",
+                        tracing::error!(
+                            message_id = %row.message_id,
+                            "message {}: stored tokens differ from the recomputed ones",
                             row.message_id
                         );
                     }
                 }
                 Err(e) => {
                     failed += 1;
-                    eprintln!("error: {e}");
+                    report_open_failure(&e);
                 }
             }
         }
@@ -115,8 +119,9 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
             let body = Sealed::from_bytes(row.body_sealed.clone());
             if body.version() != Some(KeyVersion(row.key_version as u32)) {
                 mismatched += 1;
-                eprintln!(
-                    "error: message {}: key_version {} differs from the sealed body's version",
+                tracing::error!(
+                    message_id = %row.message_id,
+                    "message {}: key_version {} differs from the sealed body's version",
                     row.message_id, row.key_version
                 );
             }
@@ -125,7 +130,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
                 &Sealed::from_bytes(row.body_sealed.clone()),
             ) {
                 failed += 1;
-                eprintln!("error: {e}");
+                report_open_failure(&e);
             }
         }
         progress.add(rows.len() as u64);
