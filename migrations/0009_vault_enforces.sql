@@ -97,14 +97,16 @@ AS $$
 $$;
 
 -- Appends one chained row; the server sets id, time, database role and hashes. Callers choose
--- only what they did and why. Executable by no login role: vault.reveal() and
--- vault.audit_append() call it.
+-- only what they did and why. Executable by no login role: the definer functions that do what a
+-- row records call it. It waits at most lock_timeout for the head, so a transaction left open
+-- cannot stall every audited statement; a reason of only whitespace is refused.
 CREATE OR REPLACE FUNCTION vault.audit_write(
     p_action text, p_selector text, p_user_id text, p_ticket text, p_reason text, p_actor text,
     p_records integer, p_subjects text[], p_digest bytea)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     head record;
@@ -116,8 +118,14 @@ BEGIN
         ('reveal', 'erase', 'reencrypt', 'retokenize', 'verify', 'replay', 'retire', 'rewrap') THEN
         RAISE EXCEPTION 'audit action % is not one piivault records', p_action USING ERRCODE = '22023';
     END IF;
-    IF p_reason IS NULL OR pg_catalog.char_length(pg_catalog.btrim(p_reason)) < 8 THEN
+    IF p_reason IS NULL
+       OR pg_catalog.char_length(pg_catalog.regexp_replace(p_reason, '^\s+|\s+$', '', 'g')) < 8 THEN
         RAISE EXCEPTION 'an audited access needs a reason of at least 8 characters' USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.octet_length(p_reason) > 4096 OR pg_catalog.octet_length(p_selector) > 4096
+       OR pg_catalog.octet_length(p_ticket) > 256 OR pg_catalog.octet_length(p_actor) > 256 THEN
+        RAISE EXCEPTION 'an audit field is too long (reason and selector 4096 bytes, ticket and actor 256)'
+            USING ERRCODE = '22001';
     END IF;
     IF p_records IS NULL OR p_records < 0 THEN
         RAISE EXCEPTION 'records must be a count' USING ERRCODE = '22023';
@@ -139,8 +147,8 @@ BEGIN
 END
 $$;
 
--- What admin jobs (erase, key jobs) call to record themselves. A reveal row comes only from
--- vault.reveal(), which appends it together with returning the records.
+-- A free-standing append for the tables' owner (e.g. to record an outside event). Granted to no
+-- login role: rows come with what they record, never on their own. Never for `reveal`.
 CREATE OR REPLACE FUNCTION vault.audit_append(
     p_action text, p_selector text, p_user_id text, p_ticket text, p_reason text, p_actor text,
     p_records integer, p_subjects text[], p_digest bytea)
@@ -150,7 +158,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_action = 'reveal' THEN
-        RAISE EXCEPTION 'a reveal is recorded by vault.reveal() only' USING ERRCODE = '42501';
+        RAISE EXCEPTION 'a reveal is recorded by vault.reveal_request() only' USING ERRCODE = '42501';
     END IF;
     RETURN vault.audit_write(p_action, p_selector, p_user_id, p_ticket, p_reason, p_actor,
         p_records, p_subjects, p_digest);
@@ -168,7 +176,7 @@ BEGIN
     IF TG_OP = 'INSERT' AND current_user = 'piivault_definer' THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION 'vault.% is append-only and written by vault.audit_append(): % refused',
+    RAISE EXCEPTION 'vault.% is append-only and written by vault.audit_write(): % refused',
         TG_TABLE_NAME, TG_OP USING ERRCODE = '42501';
 END
 $$;
@@ -180,12 +188,25 @@ CREATE TRIGGER reveal_audit_no_truncate BEFORE TRUNCATE ON vault.reveal_audit
     FOR EACH STATEMENT EXECUTE FUNCTION vault.audit_refuse_change();
 
 -- ---------------------------------------------------------------------------------------------
--- Reveal: the only way to read sealed values. Appends the audit row (who, why, whose records, a
--- digest of which) and returns the sealed rows in one statement; the client opens them after.
-CREATE OR REPLACE FUNCTION vault.reveal(p_selector text, p_value text, p_reason text,
+-- Reveal: the only way to read sealed values, in two statements and two transactions.
+-- reveal_request() commits the audit row (who, why, whose records, a digest of which) and a
+-- single-use grant; reveal_rows() serves only a grant committed before the current transaction
+-- began (granted_at < now()), so `BEGIN; request; read; ROLLBACK` reads nothing.
+CREATE TABLE IF NOT EXISTS vault.reveal_grants(
+    audit_id bigint PRIMARY KEY,
+    db_role text NOT NULL,
+    ids text[] NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    used_at timestamptz
+);
+REVOKE ALL ON vault.reveal_grants FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON vault.reveal_grants TO piivault_definer;
+
+-- Selects the records, commits nothing itself: the caller's statement (autocommit) commits the
+-- audit row and the grant together. Returns the audit row's id and the number of records.
+CREATE OR REPLACE FUNCTION vault.reveal_request(p_selector text, p_value text, p_reason text,
     p_ticket text, p_actor text)
-RETURNS TABLE (audit_id bigint, message_id text, user_id text, key_version integer,
-    ip_sealed bytea, device_id_sealed bytea, created_at timestamptz)
+RETURNS TABLE (audit_id bigint, records integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -210,17 +231,46 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'reveal selector must be user_id, message_id or token' USING ERRCODE = '22023';
     END IF;
-    ids := coalesce(ids, '{}'::text[]);
-    SELECT coalesce(pg_catalog.array_agg(DISTINCT p.user_id::text ORDER BY p.user_id::text), '{}'::text[])
-        INTO users
-    FROM vault.login_pii p WHERE p.message_id = ANY (ids);
+    -- Only messages that have a vault row are revealed, and counted.
+    SELECT coalesce(pg_catalog.array_agg(p.message_id), '{}'::text[]),
+           coalesce(pg_catalog.array_agg(DISTINCT p.user_id::text), '{}'::text[])
+        INTO ids, users
+    FROM vault.login_pii p WHERE p.message_id = ANY (coalesce(ids, '{}'::text[]));
+    SELECT coalesce(pg_catalog.array_agg(u ORDER BY u), '{}'::text[]) INTO users
+    FROM pg_catalog.unnest(users) AS u;
     new_id := vault.audit_write('reveal', p_selector || '=' || p_value,
         CASE WHEN p_selector = 'user_id' THEN p_value END, p_ticket, p_reason, p_actor,
         pg_catalog.cardinality(ids), users, vault.records_digest(ids));
+    INSERT INTO vault.reveal_grants (audit_id, db_role, ids) VALUES (new_id, session_user::text, ids);
+    RETURN QUERY SELECT new_id, pg_catalog.cardinality(ids);
+END
+$$;
+
+-- Serves one grant once: this login's, committed before this transaction began, unused, at most
+-- ten minutes old.
+CREATE OR REPLACE FUNCTION vault.reveal_rows(p_audit bigint)
+RETURNS TABLE (message_id text, user_id text, key_version integer, ip_sealed bytea,
+    device_id_sealed bytea, created_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wanted text[];
+BEGIN
+    SELECT g.ids INTO wanted FROM vault.reveal_grants g
+    WHERE g.audit_id = p_audit AND g.db_role = session_user::text AND g.used_at IS NULL
+      AND g.granted_at < pg_catalog.now()
+      AND g.granted_at > pg_catalog.now() - interval '10 minutes'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reveal % is not an unused, committed request of this login: call vault.reveal_request() in its own transaction first', p_audit
+            USING ERRCODE = '42501';
+    END IF;
+    UPDATE vault.reveal_grants SET used_at = pg_catalog.now() WHERE audit_id = p_audit;
     RETURN QUERY
-        SELECT new_id, p.message_id, p.user_id::text, p.key_version, p.ip_sealed,
-               p.device_id_sealed, p.created_at
-        FROM vault.login_pii p WHERE p.message_id = ANY (ids)
+        SELECT p.message_id, p.user_id::text, p.key_version, p.ip_sealed, p.device_id_sealed,
+               p.created_at
+        FROM vault.login_pii p WHERE p.message_id = ANY (wanted)
         ORDER BY p.created_at, p.message_id;
 END
 $$;
@@ -254,7 +304,8 @@ $$;
 -- Ownership and grants. Functions are executable by PUBLIC by default: revoke that first.
 REVOKE ALL ON FUNCTION vault.audit_write(text, text, text, text, text, text, integer, text[], bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.audit_append(text, text, text, text, text, text, integer, text[], bytea) FROM PUBLIC;
-REVOKE ALL ON FUNCTION vault.reveal(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.reveal_request(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.reveal_rows(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.shared_tokens(text, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.audit_refuse_change() FROM PUBLIC;
 -- A new owner needs CREATE on the function's schema at the moment of the change (unless a
@@ -262,7 +313,8 @@ REVOKE ALL ON FUNCTION vault.audit_refuse_change() FROM PUBLIC;
 GRANT CREATE ON SCHEMA vault, public TO piivault_definer;
 ALTER FUNCTION vault.audit_write(text, text, text, text, text, text, integer, text[], bytea) OWNER TO piivault_definer;
 ALTER FUNCTION vault.audit_append(text, text, text, text, text, text, integer, text[], bytea) OWNER TO piivault_definer;
-ALTER FUNCTION vault.reveal(text, text, text, text, text) OWNER TO piivault_definer;
+ALTER FUNCTION vault.reveal_request(text, text, text, text, text) OWNER TO piivault_definer;
+ALTER FUNCTION vault.reveal_rows(bigint) OWNER TO piivault_definer;
 ALTER FUNCTION public.shared_tokens(text, bigint, bigint) OWNER TO piivault_definer;
 REVOKE CREATE ON SCHEMA vault, public FROM piivault_definer;
 
@@ -279,11 +331,10 @@ REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON vault.reveal_audit FROM PUBLIC, piiva
 REVOKE ALL ON SEQUENCE vault.reveal_audit_id_seq FROM PUBLIC, piivault_auditor, piivault_admin;
 REVOKE ALL ON vault.audit_head FROM PUBLIC;
 REVOKE SELECT ON vault.login_pii FROM piivault_auditor;
--- The auditor found token groups in user_logins for --token; vault.reveal() does that now.
+-- The auditor found token groups in user_logins for --token; vault.reveal_request() does now.
 REVOKE SELECT ON public.user_logins FROM piivault_auditor;
 
 GRANT SELECT ON vault.audit_head TO piivault_auditor;
-GRANT EXECUTE ON FUNCTION vault.reveal(text, text, text, text, text) TO piivault_auditor;
--- Admin jobs (erase, key jobs) record themselves through the same append.
-GRANT EXECUTE ON FUNCTION vault.audit_append(text, text, text, text, text, text, integer, text[], bytea) TO piivault_admin;
+GRANT EXECUTE ON FUNCTION vault.reveal_request(text, text, text, text, text),
+    vault.reveal_rows(bigint) TO piivault_auditor;
 GRANT EXECUTE ON FUNCTION public.shared_tokens(text, bigint, bigint) TO piivault_etl, piivault_analyst;

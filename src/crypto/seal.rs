@@ -20,7 +20,8 @@ use super::keyring::{KeyVersion, Keyring, SealKey};
 
 const VERSION_LEN: usize = 4;
 
-/// The first bytes of every format-2 value. Key jobs find older values by their absence.
+/// The first bytes of every format-2 value. Key jobs find older values by their absence (the
+/// migrations repeat the marker: `vault.job_vault_rows()`, `count_not_sealed_at()`).
 pub const FORMAT_2_PREFIX: [u8; 2] = [0xFF, 0x02];
 
 /// Domain tag opening every format-2 AAD.

@@ -45,7 +45,7 @@ pub async fn page<'c, E: Executor<'c, Database = Postgres>>(
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
         "SELECT message_id, received_at, key_version, body_sealed
-         FROM vault.job_quarantine_rows($1, $2, NULL, NULL, $3, $4)",
+         FROM vault.job_quarantine_rows($1, $2, NULL, $3, $4)",
     )
     .bind(job.0)
     .bind(only)

@@ -81,19 +81,12 @@ pub async fn vault_not_at(
     pool: &PgPool,
     job: JobId,
     version: i32,
-    current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
-    job_vault_rows(
-        pool,
-        job,
-        Filter::NotSealedAt(version, current_prefix),
-        after,
-        limit,
-    )
-    .await
-    .map_err(during("reading vault rows to re-encrypt"))
+    job_vault_rows(pool, job, Filter::NotSealedAt(version), after, limit)
+        .await
+        .map_err(during("reading vault rows to re-encrypt"))
 }
 
 /// Writes re-sealed vault values; a row changed meanwhile (other version) is left alone.
@@ -120,17 +113,15 @@ pub async fn quarantine_not_at(
     pool: &PgPool,
     job: JobId,
     version: i32,
-    current_prefix: &[u8],
     after: &str,
     limit: i64,
 ) -> Result<Vec<SealedBody>, StoreError> {
     sqlx::query_as(
         "SELECT message_id, received_at, key_version, body_sealed
-         FROM vault.job_quarantine_rows($1, NULL, $2, $3, $4, $5)",
+         FROM vault.job_quarantine_rows($1, NULL, $2, $3, $4)",
     )
     .bind(job.0)
     .bind(version)
-    .bind(current_prefix)
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
@@ -194,9 +185,9 @@ pub async fn vault_page(
 }
 
 /// Which vault rows a job page holds (`vault.job_vault_rows()`'s filter).
-enum Filter<'a> {
+enum Filter {
     All,
-    NotSealedAt(i32, &'a [u8]),
+    NotSealedAt(i32),
     Unstaged,
 }
 
@@ -204,7 +195,7 @@ enum Filter<'a> {
 async fn job_vault_rows<'c, E, R>(
     executor: E,
     job: JobId,
-    filter: Filter<'_>,
+    filter: Filter,
     after: &str,
     limit: i64,
 ) -> Result<Vec<R>, sqlx::Error>
@@ -212,20 +203,19 @@ where
     E: Executor<'c, Database = Postgres>,
     R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
-    let (name, version, prefix) = match filter {
-        Filter::All => ("all", None, None),
-        Filter::NotSealedAt(v, p) => ("not_sealed_at", Some(v), Some(p)),
-        Filter::Unstaged => ("unstaged", None, None),
+    let (name, version) = match filter {
+        Filter::All => ("all", None),
+        Filter::NotSealedAt(v) => ("not_sealed_at", Some(v)),
+        Filter::Unstaged => ("unstaged", None),
     };
     sqlx::query_as(
         "SELECT message_id, user_id, login_user_id, key_version, ip_sealed, device_id_sealed,
                 masked_ip, masked_device_id, token_version
-         FROM vault.job_vault_rows($1, $2, $3, $4, $5, $6)",
+         FROM vault.job_vault_rows($1, $2, $3, $4, $5)",
     )
     .bind(job.0)
     .bind(name)
     .bind(version)
-    .bind(prefix)
     .bind(after)
     .bind(limit)
     .fetch_all(executor)

@@ -185,8 +185,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     let (admin, admin_url) = s.login("piivault_admin").await;
     let (other, other_url) = s.login("piivault_admin").await;
     let (auditor, auditor_url) = s.login("piivault_auditor").await;
-    let page =
-        |job: i64| format!("SELECT * FROM vault.job_vault_rows({job}, 'all', NULL, NULL, '', 10)");
+    let page = |job: i64| format!("SELECT * FROM vault.job_vault_rows({job}, 'all', NULL, '', 10)");
 
     // No job, an invented job, another login's job: refused. The auditor may not start one.
     assert_eq!(attempt(&admin_url, &page(1)).await, DENIED);
@@ -247,7 +246,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     );
     // The admin's own job reads, and its audit row (with the rows in scope) is already there.
     let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT message_id, ip_sealed FROM vault.job_vault_rows({job}, 'all', NULL, NULL, '', 10)"
+        "SELECT message_id, ip_sealed FROM vault.job_vault_rows({job}, 'all', NULL, '', 10)"
     )))
     .fetch_all(&pool)
     .await

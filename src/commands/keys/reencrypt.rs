@@ -11,7 +11,7 @@ use super::job_lock;
 use super::write_behind::WriteBehind;
 use crate::commands::progress::Progress;
 use crate::commands::{Context, begin_job, print_line, report_open_failure};
-use crate::crypto::{BodyTag, FORMAT_2_PREFIX, Field, Keyring, Place, Purpose, SealKey, Sealed};
+use crate::crypto::{BodyTag, Field, Keyring, Place, Purpose, SealKey, Sealed};
 use crate::error::Error;
 use crate::protect::{reseal, reseal_body};
 use crate::store;
@@ -79,8 +79,7 @@ async fn reseal_vault(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows =
-            rotation::vault_not_at(pool, job, version, &FORMAT_2_PREFIX, &after, batch).await?;
+        let rows = rotation::vault_not_at(pool, job, version, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());
@@ -151,8 +150,7 @@ async fn reseal_quarantine(
     let mut writes = WriteBehind::default();
     let mut after = String::new();
     loop {
-        let rows = rotation::quarantine_not_at(pool, job, version, &FORMAT_2_PREFIX, &after, batch)
-            .await?;
+        let rows = rotation::quarantine_not_at(pool, job, version, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
         let mut resealed = Vec::with_capacity(rows.len());

@@ -1,5 +1,6 @@
--- Erasure through the database (issue 14): the admin role could DELETE a user's originals and
--- analysts' rows with no audit row. vault.erase_user() deletes them, and the quarantined bodies
+-- Erasure through the database, and admin writes limited to what its jobs write (issue 14): the
+-- admin role could DELETE a user's originals and analysts' rows, or rewrite their user_id, with no
+-- audit row. vault.erase_user() deletes them, and the quarantined bodies
 -- tagged with the user (or named by the caller's audited scan of untagged bodies), and appends
 -- the audit row, in one statement; the admin keeps no DELETE on vault.login_pii or user_logins.
 -- (DELETE on etl.quarantine stays: `quarantine replay` removes bodies it has loaded.)
@@ -48,3 +49,34 @@ GRANT SELECT (user_id) ON public.user_logins TO piivault_definer;
 GRANT EXECUTE ON FUNCTION vault.erase_user(text, text[], text[], text, text, text, text) TO piivault_admin;
 
 REVOKE DELETE ON vault.login_pii, public.user_logins FROM piivault_admin;
+
+-- The admin writes only the columns its jobs write (re-encryption, re-tokenization, re-tagging,
+-- replay's reason), never a row's user_id.
+REVOKE UPDATE ON vault.login_pii, public.user_logins, etl.quarantine FROM piivault_admin;
+GRANT UPDATE (key_version, ip_sealed, device_id_sealed) ON vault.login_pii TO piivault_admin;
+GRANT UPDATE (masked_ip, masked_device_id, token_version) ON public.user_logins TO piivault_admin;
+GRANT UPDATE (key_version, body_sealed, user_tags, reason) ON etl.quarantine TO piivault_admin;
+
+-- LOCK TABLE needs a table-level write grant: the key jobs lock through this instead.
+CREATE OR REPLACE FUNCTION vault.lock_for_key_job(p_what text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_what = 'user_logins' THEN
+        LOCK TABLE public.user_logins IN SHARE ROW EXCLUSIVE MODE;
+    ELSIF p_what = 'sealed' THEN
+        LOCK TABLE vault.login_pii, etl.quarantine IN SHARE ROW EXCLUSIVE MODE;
+    ELSIF p_what = 'protected' THEN
+        LOCK TABLE public.user_logins, vault.login_pii, etl.quarantine, etl.token_next
+            IN SHARE ROW EXCLUSIVE MODE;
+    ELSE
+        RAISE EXCEPTION 'lock_for_key_job: unknown set %', p_what USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION vault.lock_for_key_job(text) FROM PUBLIC;
+GRANT CREATE ON SCHEMA vault TO piivault_definer;
+ALTER FUNCTION vault.lock_for_key_job(text) OWNER TO piivault_definer;
+REVOKE CREATE ON SCHEMA vault FROM piivault_definer;
+GRANT EXECUTE ON FUNCTION vault.lock_for_key_job(text) TO piivault_admin;
