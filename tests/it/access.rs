@@ -406,21 +406,14 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
 #[tokio::test(flavor = "multi_thread")]
 async fn erase_removes_originals_rows_and_quarantined_bodies_and_is_audited() {
     let s = Setup::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("victim.jsonl");
-    std::fs::write(
-        &file,
-        "{\"user_id\":\"victim\",\"ip\":\"10.7.7.7\",\"device_id\":\"dev-v\"}\n\
-         {\"user_id\":\"victim\",\"ip\":\"10.7.7.8\",\"device_id\":\"dev-v\"}\n\
-         {\"user_id\":\"victim\",\"app_version\":2}\n\
-         {\"user_id\":\"bystander\",\"app_version\":3}\n",
-    )
-    .unwrap();
     let loaded = s
-        .etl
-        .run(&["run", "--input", file.to_str().unwrap()])
-        .await
-        .json();
+        .load_lines(
+            "{\"user_id\":\"victim\",\"ip\":\"10.7.7.7\",\"device_id\":\"dev-v\"}\n\
+             {\"user_id\":\"victim\",\"ip\":\"10.7.7.8\",\"device_id\":\"dev-v\"}\n\
+             {\"user_id\":\"victim\",\"app_version\":2}\n\
+             {\"user_id\":\"bystander\",\"app_version\":3}\n",
+        )
+        .await;
     assert_eq!(
         (loaded["loaded"].as_u64(), loaded["quarantined"].as_u64()),
         (Some(2), Some(2))

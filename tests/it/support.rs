@@ -493,6 +493,17 @@ impl Setup {
         s
     }
 
+    /// Loads `lines` (JSON lines, one message each) with `etl run --input`; returns the summary.
+    pub async fn load_lines(&self, lines: &str) -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("input.jsonl");
+        std::fs::write(&file, lines).unwrap();
+        self.etl
+            .run(&["run", "--input", file.to_str().unwrap()])
+            .await
+            .json()
+    }
+
     /// `etl run --drain` with a short long poll, so the test ends soon after the queue empties.
     /// Waits until `count_sql` counts `want` or `timeout` passes; returns the last count.
     pub async fn wait_for(&self, count_sql: &str, want: i64, timeout: std::time::Duration) -> i64 {

@@ -11,13 +11,7 @@ const SHARED: &str = "{\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"de
                       {\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"dev-solo\"}\n";
 
 async fn load_shared(s: &Setup) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("shared.jsonl");
-    std::fs::write(&file, SHARED).unwrap();
-    s.etl
-        .run(&["run", "--input", file.to_str().unwrap()])
-        .await
-        .json();
+    s.load_lines(SHARED).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -784,8 +778,6 @@ async fn retire_and_rewrap_leave_no_old_wrapped_key_in_the_table_files() {
 #[tokio::test(flavor = "multi_thread")]
 async fn erase_finds_every_quarantined_body_that_names_the_user() {
     let s = Setup::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bodies.jsonl");
     let deep = format!(
         "{}{{\"user_id\":\"victim\"}}{}",
         "[".repeat(130),
@@ -805,12 +797,7 @@ async fn erase_finds_every_quarantined_body_that_names_the_user() {
         "{\"user_id\":\"bystander\",\"note\":\"victim\",\"app_version\":4}".to_owned(),
     ];
     lines.extend(victim_bodies.iter().map(|b| b.to_string()));
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let loaded = s
-        .etl
-        .run(&["run", "--input", file.to_str().unwrap()])
-        .await
-        .json();
+    let loaded = s.load_lines(&(lines.join("\n") + "\n")).await;
     assert_eq!(loaded["quarantined"], lines.len() as u64, "{loaded}");
 
     // One victim body quarantined before tags existed, and one untagged body whose seal no
