@@ -76,7 +76,9 @@ impl StoreError {
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
                 Some("42501") => StoreError::PermissionDenied { what, detail },
-                Some("40001" | "40P01") => StoreError::Conflict { what, detail },
+                // 55P03: a lock not granted within lock_timeout (the audit head, held by another
+                // transaction): as temporary as a deadlock.
+                Some("40001" | "40P01" | "55P03") => StoreError::Conflict { what, detail },
                 // Data exceptions and integrity violations (unique conflicts are handled by
                 // ON CONFLICT): the row itself is the problem.
                 Some(code)

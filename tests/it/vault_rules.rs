@@ -354,6 +354,37 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
             assert_eq!(attempt(url, &sql).await, DENIED, "{who}: {action}");
         }
     }
+    // The admin's functions are the admin's alone; one auditor cannot use another's reveal.
+    for (role, (_, url)) in &logins[..3] {
+        for sql in [
+            "SELECT * FROM vault.erase_user('g1', '{}', '{}', NULL, 'erasure by someone', NULL, 'x')",
+            "SELECT vault.lock_for_key_job('sealed')",
+            "SELECT vault.rewrite_data_keys()",
+            "SELECT * FROM vault.count_not_sealed_at(1)",
+            "SELECT vault.job_begin('verify', 'all', 'a job by someone', 'x')",
+        ] {
+            assert_eq!(attempt(url, sql).await, DENIED, "{role}: {sql}");
+        }
+    }
+    assert_eq!(attempt(admin_url, "TRUNCATE vault.data_keys").await, DENIED);
+    let (other_auditor, other_url) = s.login("piivault_auditor").await;
+    let mine: i64 = sqlx::query_scalar(
+        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'my own reveal', NULL, 'x')",
+    )
+    .fetch_one(&PgPool::connect(auditor_url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(
+        attempt(
+            &other_url,
+            &format!("SELECT * FROM vault.reveal_rows({mine})")
+        )
+        .await,
+        DENIED,
+        "another auditor's grant"
+    );
+    s.drop_logins(&[other_auditor]).await;
+
     // The owner too is refused by the append-only rule (it must switch the rule off on purpose).
     for sql in [
         "UPDATE vault.reveal_audit SET reason = 'owner edit'",
@@ -380,7 +411,11 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
         .fetch_all(&s.db.pool)
         .await
         .unwrap();
-    assert_eq!(ids, [1, 2]);
+    assert_eq!(
+        ids,
+        [1, 2, 3],
+        "the baseline, the request above, the erasure"
+    );
     let verified = s.etl.run(&["audit", "verify"]).await.json();
     assert_eq!(verified["broken"], 0);
 
@@ -866,5 +901,38 @@ async fn erase_finds_every_quarantined_body_that_names_the_user() {
         "{rows:?}"
     );
     assert_eq!(rows[1].2, victim_bodies.len() as i32);
+    s.db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_holding_the_audit_head_stalls_an_audited_command_5_s_at_most() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    let mut held = s.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM vault.audit_head FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let stalled = s
+        .etl
+        .run(&["reveal", "--user-id", "g1", "--reason", "held head check"])
+        .await;
+    let took = started.elapsed();
+    held.rollback().await.unwrap();
+    assert_eq!(stalled.code, 75, "temporary, retry: {}", stalled.stderr);
+    assert_eq!(stalled.stdout, "", "nothing revealed");
+    assert!(
+        took >= std::time::Duration::from_secs(5) && took < std::time::Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
+        0
+    );
+    s.etl
+        .run(&["reveal", "--user-id", "g1", "--reason", "held head check"])
+        .await
+        .ok();
     s.db.drop_db().await;
 }
