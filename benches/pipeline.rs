@@ -12,71 +12,27 @@
 //! The database ones write to `DATABASE_URL` with the keys under `PIIVAULT_KEK` (migrated, keys
 //! initialised). Prints one JSON line.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use piivault::commands::Context;
 use piivault::config::Settings;
 use piivault::pipeline::{self, FlowOptions, Pipeline, QueueOptions};
+use piivault::source::Queue;
+use piivault::source::modelled::ModelledQueue;
 use piivault::source::sqs::SqsQueue;
-use piivault::source::{Heartbeat, Queue, Received, SourceError};
 use piivault::synth::{self, SynthOptions};
 
-/// A queue with SQS's shape (ten per receive, batch delete) and a fixed latency per call.
-#[derive(Clone)]
-struct ModelledQueue {
-    pending: Arc<Mutex<VecDeque<Received>>>,
-    latency: Duration,
-}
-
-impl ModelledQueue {
-    fn new(messages: usize, latency: Duration) -> ModelledQueue {
-        let bodies = synth::generate(SynthOptions {
-            count: messages,
-            malformed_ratio: 0.01,
-            seed: 9,
-        })
-        .bodies;
-        let now = Utc::now();
-        let pending = bodies
-            .into_iter()
-            .enumerate()
-            .map(|(i, body)| Received {
-                message_id: format!("modelled-{i}"),
-                receipt_handle: Some(format!("handle-{i}")),
-                sent_at: now,
-                body,
-            })
-            .collect();
-        ModelledQueue {
-            pending: Arc::new(Mutex::new(pending)),
-            latency,
-        }
-    }
-}
-
-impl Queue for ModelledQueue {
-    async fn check(&self) -> Result<(), SourceError> {
-        Ok(())
-    }
-
-    async fn receive(&self, _wait_secs: i32) -> Result<Vec<Received>, SourceError> {
-        tokio::time::sleep(self.latency).await;
-        let mut pending = self.pending.lock().unwrap();
-        let n = pending.len().min(10);
-        Ok(pending.drain(..n).collect())
-    }
-
-    async fn delete_batch(&self, receipts: &[(&str, &str)]) -> Result<usize, SourceError> {
-        tokio::time::sleep(self.latency).await;
-        Ok(receipts.len())
-    }
-
-    fn keep_invisible(&self, _: Vec<String>) -> Option<Heartbeat> {
-        None
-    }
+/// The modelled queue holding `messages` synthetic bodies (1 % malformed).
+fn modelled_queue(messages: usize, latency: Duration) -> ModelledQueue {
+    let bodies = synth::generate(SynthOptions {
+        count: messages,
+        malformed_ratio: 0.01,
+        seed: 9,
+    })
+    .bodies;
+    ModelledQueue::new(bodies, latency)
 }
 
 struct Args {
@@ -118,17 +74,19 @@ async fn pipeline(ctx: &Context, connections: u32) -> Arc<Pipeline> {
 
 /// `etl run`'s stages, with `etl run`'s defaults, on the modelled queue.
 async fn modelled(ctx: &Context, args: &Args) -> (u64, f64) {
-    let queue = ModelledQueue::new(args.messages, args.latency);
+    let queue = modelled_queue(args.messages, args.latency);
     let flow = FlowOptions {
         writers: 4,
         max_rows: 1000,
         linger: Duration::from_millis(200),
+        max_outage: Duration::from_secs(300),
+        stall_timeout: Duration::from_secs(600),
+        shutdown_timeout: Duration::from_secs(30),
     };
     let options = QueueOptions {
         concurrency: args.concurrency,
         wait_secs: 0,
         drain: true,
-        shutdown_timeout: Duration::from_secs(30),
         flow,
     };
     let pipeline = pipeline(ctx, flow.writers as u32 + 1).await;
@@ -143,7 +101,7 @@ async fn modelled(ctx: &Context, args: &Args) -> (u64, f64) {
 
 /// The seeds' consumer: one receive at a time, a transaction per row, then the delete.
 async fn seed_style(ctx: &Context, args: &Args) -> (u64, f64) {
-    let queue = ModelledQueue::new(args.messages, args.latency);
+    let queue = modelled_queue(args.messages, args.latency);
     let pipeline = pipeline(ctx, 1).await;
     let started = Instant::now();
     let mut received = 0;

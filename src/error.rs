@@ -72,11 +72,18 @@ pub enum Error {
         "{failed} of {total} records failed their integrity check and were not printed (details above)."
     )]
     Integrity { failed: usize, total: usize },
-    /// The active keys kept changing under a batch (rotations back to back).
+    /// The active keys changed while a batch was written (it was rolled back; retried while
+    /// running, this ends the run only if rotations kept it from committing for the whole
+    /// `--max-outage-secs`).
     #[error(
-        "the active data keys changed during every attempt to write a batch.\nRetry once the key rotation has finished."
+        "the active data keys changed while a batch was written; nothing of it was committed.\nRetry once the key rotation has finished."
     )]
     KeysChanging,
+    /// Messages in hand made no progress for `--stall-timeout-secs`.
+    #[error(
+        "messages in hand were neither committed nor deleted for {secs} s (--stall-timeout-secs): a stage is stuck (a statement waiting on a lock, a hung connection).\nThe messages are redelivered; look for long-held locks in pg_stat_activity, then restart."
+    )]
+    Stalled { secs: u64 },
     /// A key operation is refused in the current state (key in use, rotation pending, ...).
     #[error("{0}")]
     Refused(String),
@@ -128,11 +135,42 @@ impl Error {
             },
             Error::Usage(_) => USAGE,
             Error::KeysExist(_) | Error::Refused(_) => CANT_CREATE,
-            Error::KeysChanging => TEMP_FAIL,
+            Error::KeysChanging | Error::Stalled { .. } => TEMP_FAIL,
             Error::Verify { .. } | Error::AuditBroken(_) => DATA,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
         }
+    }
+}
+
+impl Error {
+    /// True for failures a running `etl run` retries ([`crate::pipeline::retry`]): a service
+    /// unreachable, throttling or failing over, a transaction conflict, a key change mid-batch.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Store(e) => matches!(
+                e,
+                StoreError::Unavailable { .. }
+                    | StoreError::Connect { .. }
+                    | StoreError::Conflict { .. }
+            ),
+            Error::Source(e) => e.may_pass_while_running(),
+            Error::Kek(e) => matches!(e, KekError::KmsUnavailable { .. }),
+            Error::KeysChanging => true,
+            _ => false,
+        }
+    }
+}
+
+impl SourceError {
+    /// True for failures a running consumer waits out: SQS unreachable, or the queue gone after
+    /// it was found at start (being recreated, or an emulator restarting). A queue missing at
+    /// start is a configuration error instead ([`crate::source::sqs::SqsQueue::check`]).
+    pub fn may_pass_while_running(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Unavailable { .. } | SourceError::NoQueue { .. }
+        )
     }
 }
 

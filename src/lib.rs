@@ -14,7 +14,6 @@
 //! - [`user_ids`]: every `user_id` a raw body names, found leniently (erasure tags).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
 //! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
-//! - [`retry`]: backoff for transient outages of Postgres, SQS and KMS.
 //! - [`audit`]: the server-written, hash-chained trail (append, verify, reason and actor checks).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
 //! - [`serve`]: the metrics server and status page.
@@ -33,7 +32,6 @@ pub mod key_lifecycle;
 pub mod keystore;
 pub mod pipeline;
 pub mod protect;
-pub mod retry;
 pub mod serve;
 pub mod source;
 pub mod store;

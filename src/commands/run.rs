@@ -37,9 +37,9 @@ pub struct RunArgs {
     /// backoff and jitter) before `etl run` gives up with exit 69.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     max_outage_secs: u64,
-    /// After SIGTERM/SIGINT: how long batches in flight may take to commit and be deleted before
-    /// the process exits anyway (they are then redelivered, never lost). Keep it below the
-    /// orchestrator's grace period (terminationGracePeriodSeconds).
+    /// After SIGTERM/SIGINT or a fatal error: how long batches in flight may take to commit and
+    /// be deleted before the process exits anyway (they are then redelivered, never lost). Keep
+    /// it below the orchestrator's grace period (terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     shutdown_timeout_secs: u64,
     /// Rows per transaction, at most: receives (or file reads) are coalesced up to this.
@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// groups) may run before Postgres cancels them. Views never wait for them.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
     status_timeout_secs: u64,
+    /// Messages in hand with no commit or delete for this long end the run (exit 75) and fail
+    /// /healthz meanwhile: a stage is stuck. Keep it above --max-outage-secs, which bounds the
+    /// waits of a retried failure.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    stall_timeout_secs: u64,
     /// Transactions in progress at once (each holds one database connection). Commits wait for
     /// the WAL flush; several in flight share it (group commit), which is what makes a load fast.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -82,10 +87,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
     };
     // One connection per writer, one for key reloads, one for readiness checks.
     let pool = ctx.pool(u32::from(args.writers) + 2).await?;
-    let pipeline = Pipeline::load(pool.clone(), ctx.kek().await?)
-        .await?
-        .with_max_outage(Duration::from_secs(args.max_outage_secs));
-    let pipeline = Arc::new(pipeline);
+    let pipeline = Arc::new(Pipeline::load(pool.clone(), ctx.kek().await?).await?);
     let flow = FlowOptions {
         writers: usize::from(args.writers),
         max_rows: args.batch_size.unwrap_or(match source {
@@ -93,6 +95,9 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             Source::Queue(_) => 1000,
         }) as usize,
         linger: Duration::from_millis(args.linger_ms),
+        max_outage: Duration::from_secs(args.max_outage_secs),
+        stall_timeout: Duration::from_secs(args.stall_timeout_secs),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     };
     let counters = Arc::new(Counters::default());
     let server_stop = CancellationToken::new();
@@ -105,7 +110,8 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             // A connection of its own: the status page's scans never take a writer's.
             let page_timeout = Duration::from_secs(args.status_timeout_secs);
             let page_pool = ctx.bounded_pool(1, page_timeout).await?;
-            let served = Served::new(counters.clone(), pool, page_pool, page_timeout, queue);
+            let served = Served::new(counters.clone(), pool, page_pool, page_timeout, queue)
+                .with_stall_timeout(flow.stall_timeout);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,
@@ -115,7 +121,10 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
             let read_all = CancellationToken::new();
             let progress = Progress::bytes("loading", input.size())
                 .follow(input.bytes_read(), read_all.clone());
-            let loaded = pipeline::run_file(pipeline, input, flow, counters).await;
+            // A backfill goes on after a first SIGINT/SIGTERM (a second one exits at once):
+            // stopping half-way would look like success.
+            let keep_going = CancellationToken::new();
+            let loaded = pipeline::run_file(pipeline, input, flow, keep_going, counters).await;
             read_all.cancel();
             let _ = progress.await;
             loaded
@@ -125,7 +134,6 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 concurrency: usize::from(args.concurrency),
                 wait_secs: args.wait_time_secs,
                 drain: args.drain,
-                shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
                 flow,
             };
             tracing::info!(

@@ -1,5 +1,6 @@
 //! Counts of what a run did, and the one-line summary printed at its end.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -50,6 +51,14 @@ pub struct Counters {
     batch_seconds: Histogram,
     end_to_end_seconds: Histogram,
     key_versions: Family<KeyLabels, Gauge>,
+    /// Progress clock for the stall watchdog and `/healthz` (tokio's, so paused tests drive it).
+    clock_base: tokio::time::Instant,
+    /// Milliseconds after `clock_base` of the last commit or delete, or of going from idle to busy.
+    last_progress_ms: AtomicU64,
+    /// Committed messages whose delete has not finished.
+    awaiting_delete: AtomicI64,
+    /// A stage has failed: the run is stopping.
+    failed: AtomicBool,
 }
 
 /// Labels of the key-version info metric.
@@ -122,6 +131,10 @@ impl Default for Counters {
             batch_seconds,
             end_to_end_seconds,
             key_versions,
+            clock_base: tokio::time::Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+            awaiting_delete: AtomicI64::new(0),
+            failed: AtomicBool::new(false),
         }
     }
 }
@@ -129,7 +142,62 @@ impl Default for Counters {
 impl Counters {
     /// Messages handed to the writers.
     pub fn received(&self, n: usize) {
-        self.in_flight.inc_by(n as i64);
+        if self.in_flight.inc_by(n as i64) <= 0 {
+            self.progressed(); // idle until now: the stall clock starts here
+        }
+    }
+
+    fn progressed(&self) {
+        let now = self.clock_base.elapsed().as_millis() as u64;
+        self.last_progress_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long messages have been in hand with no commit or delete, if longer than `limit`.
+    pub fn stalled(&self, limit: Duration) -> Option<Duration> {
+        if self.in_flight.get() <= 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+        let idle = self.clock_base.elapsed().saturating_sub(last);
+        (idle > limit).then_some(idle)
+    }
+
+    /// Records that a stage failed and the run is stopping.
+    pub fn stage_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// What `/healthz` answers: `Err` with a PII-free reason when a stage has failed or
+    /// messages in hand have made no progress for longer than `stall_timeout`.
+    pub fn health(&self, stall_timeout: Duration) -> Result<(), String> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err("a stage failed; the run is stopping".into());
+        }
+        match self.stalled(stall_timeout) {
+            Some(idle) => Err(format!(
+                "messages in hand made no progress for {} s (--stall-timeout-secs {})",
+                idle.as_secs(),
+                stall_timeout.as_secs()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Committed messages whose delete is now in flight.
+    pub fn awaiting_delete(&self, n: usize) {
+        self.awaiting_delete.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// Deletes finished (confirmed or not): their messages are done.
+    pub fn deletes_done(&self, n: usize) {
+        self.awaiting_delete.fetch_sub(n as i64, Ordering::Relaxed);
+        self.done(n);
+    }
+
+    /// Messages in hand, and how many of them are committed and only wait for their delete.
+    pub fn in_hand(&self) -> (u64, u64) {
+        let committed = self.awaiting_delete.load(Ordering::Relaxed).max(0) as u64;
+        (self.in_flight.get().max(0) as u64, committed)
     }
 
     /// Adds one committed chunk: messages, what the write did, in-chunk repeats, how long the
@@ -147,6 +215,7 @@ impl Counters {
         self.duplicates
             .inc_by(counts.duplicates + in_batch_duplicates as u64);
         self.batch_seconds.observe(took.as_secs_f64());
+        self.progressed();
         let now = Utc::now();
         for m in messages {
             let age = (now - m.sent_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -157,6 +226,7 @@ impl Counters {
     /// Messages whose handling ended: deleted, or (files, older deliveries) nothing to delete.
     pub fn done(&self, n: usize) {
         self.in_flight.dec_by(n as i64);
+        self.progressed();
     }
 
     /// Adds messages the queue confirmed deleted.

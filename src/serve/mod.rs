@@ -1,5 +1,5 @@
 //! The operator's HTTP endpoints while `etl run` works: `/` (a status page), `/metrics`
-//! (Prometheus text), `/healthz` (the process answers) and `/readyz` (Postgres and SQS
+//! (Prometheus text), `/healthz` (no stage has died or stalled) and `/readyz` (Postgres and SQS
 //! reachable). Read-only; nothing served names a user or carries a value — metrics are counts,
 //! readiness details are error classes, the status page shows tokens and counts.
 
@@ -45,6 +45,8 @@ pub struct Served {
     pub rates: status::RateWindow,
     /// The status page's last database reads.
     pub db_cache: status::DbCache,
+    /// `/healthz` fails when messages in hand make no progress for this long.
+    pub stall_timeout: Duration,
 }
 
 impl Served {
@@ -65,7 +67,14 @@ impl Served {
             started: Instant::now(),
             rates: status::RateWindow::default(),
             db_cache: status::DbCache::default(),
+            stall_timeout: Duration::from_secs(600),
         }
+    }
+
+    /// `/healthz` fails after this long without progress on messages in hand.
+    pub fn with_stall_timeout(mut self, stall_timeout: Duration) -> Served {
+        self.stall_timeout = stall_timeout;
+        self
     }
 }
 
@@ -86,7 +95,7 @@ pub async fn start(
     let app = Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(served);
     tracing::info!(%addr, "serving /, /metrics, /healthz, /readyz");
@@ -148,6 +157,18 @@ async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
         )],
         served.counters.encode(),
     )
+}
+
+/// Liveness: fails once a stage has died or messages in hand stopped making progress, so an
+/// orchestrator restarts a process that cannot go on (it also exits on its own soon after).
+async fn healthz(State(served): State<Arc<Served>>) -> impl IntoResponse {
+    match served.counters.health(served.stall_timeout) {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {

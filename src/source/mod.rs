@@ -1,13 +1,16 @@
-//! Where messages come from: an SQS queue ([`sqs`]) or a file for backfills ([`file`]).
+//! Where messages come from: an SQS queue ([`sqs`]) or a file for backfills ([`file`]); an
+//! in-memory model of SQS ([`modelled`]) for the flow's tests and the benchmarks.
 
 pub mod file;
+pub mod modelled;
 pub mod sqs;
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-/// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in benchmarks a model of it.
+/// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in tests and benchmarks a model of it
+/// ([`modelled::ModelledQueue`]).
 pub trait Queue: Clone + Send + Sync + 'static {
     /// Checks that the queue exists and may be read (a missing queue is a configuration error).
     fn check(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
