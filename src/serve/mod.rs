@@ -208,3 +208,58 @@ async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
         body.to_string(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(counters: Arc<Counters>, stall_timeout: Duration) -> State<Arc<Served>> {
+        // Never connected: /healthz reads only the counters.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let served = Served::new(counters, pool.clone(), pool, Duration::from_secs(1), None)
+            .with_stall_timeout(stall_timeout);
+        State(Arc::new(served))
+    }
+
+    async fn status_of(state: State<Arc<Served>>) -> (StatusCode, String) {
+        let response = healthz(state).await.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthz_fails_once_messages_in_hand_stall_and_when_a_stage_failed() {
+        let counters = Arc::new(Counters::default());
+        let stall = Duration::from_secs(10);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Idle for a minute is not a stall: nothing is in hand.
+        assert_eq!(
+            status_of(served(counters.clone(), stall)).await.0,
+            StatusCode::OK
+        );
+        counters.received(10);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(
+            status_of(served(counters.clone(), stall)).await.0,
+            StatusCode::OK
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (status, body) = status_of(served(counters.clone(), stall)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no progress for 11 s"), "{body}");
+        counters.done(10);
+        assert_eq!(
+            status_of(served(counters.clone(), stall)).await.0,
+            StatusCode::OK
+        );
+        counters.stage_failed();
+        let (status, body) = status_of(served(counters, stall)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("a stage failed"), "{body}");
+    }
+}

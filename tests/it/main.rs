@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod kms;
+mod liveness;
 mod load;
 mod metrics;
 mod migrate;
