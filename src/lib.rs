@@ -13,7 +13,8 @@
 //! - [`protect`]: a decoded event turned into the rows to store (tokens + sealed originals).
 //! - [`user_ids`]: every `user_id` a raw body names, found leniently (erasure tags).
 //! - [`store`]: Postgres: migrations, batch writes, vault reads, audit, data-key rows. No crypto.
-//! - [`pipeline`]: receive, protect, write in one transaction, delete after commit.
+//! - [`pipeline`]: supervised stages: receive, protect, write in one transaction, delete after
+//!   commit; one retry policy.
 //! - [`audit`]: the server-written, hash-chained trail (append, verify, reason and actor checks).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
 //! - [`serve`]: the metrics server and status page.

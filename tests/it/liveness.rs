@@ -204,3 +204,33 @@ async fn a_stuck_write_ends_the_run_with_75_after_the_stall_timeout() {
     a_later_drain_loads_the_rest_once(&s, 0, 200).await;
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_the_repair() {
+    let s = Setup::new().await;
+    let (writer, writer_url) = s.login("piivault_etl").await;
+    // Far more than the channel holds: the reader is blocked on a full channel when the
+    // writers die, and must still stop.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backfill.jsonl");
+    std::fs::write(&file, bodies(20_000).join("\n")).unwrap();
+    let file = file.to_str().unwrap();
+    sqlx::query("REVOKE INSERT ON user_logins FROM piivault_etl")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let etl = s.etl.clone().with("DATABASE_URL", &writer_url);
+    let child = etl.spawn(&["run", "--input", file, "--shutdown-timeout-secs", "5"]);
+    let (code, stderr, _) = exits_within(child, Duration::from_secs(30)).await;
+    assert_eq!(code, 77, "{stderr}");
+    assert_eq!(loaded(&s).await, 0);
+    sqlx::query("GRANT INSERT ON user_logins TO piivault_etl")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let summary = etl.run(&["run", "--input", file]).await.json();
+    assert_eq!(summary["loaded"], 20_000, "{summary}");
+    assert_eq!(loaded(&s).await, 20_000);
+    s.drop_logins(&[writer]).await;
+    s.db.drop_db().await;
+}
