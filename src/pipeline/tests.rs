@@ -34,6 +34,8 @@ struct ModelledStore {
     committed: SyncMutex<Vec<String>>,
     /// Live heartbeats of the queue seen during each call.
     heartbeats_seen: SyncMutex<Vec<usize>>,
+    /// Messages in each chunk, in call order.
+    chunk_sizes: SyncMutex<Vec<usize>>,
     queue: ModelledQueue,
 }
 
@@ -44,6 +46,7 @@ impl ModelledStore {
             calls: AtomicUsize::new(0),
             committed: SyncMutex::default(),
             heartbeats_seen: SyncMutex::default(),
+            chunk_sizes: SyncMutex::default(),
             queue: queue.clone(),
         })
     }
@@ -60,6 +63,7 @@ impl WriteStage for ModelledStore {
             .lock()
             .unwrap()
             .push(self.queue.live_heartbeats());
+        self.chunk_sizes.lock().unwrap().push(chunk.len());
         let denied = || {
             Error::Store(StoreError::PermissionDenied {
                 what: "writing a batch",
@@ -359,4 +363,45 @@ async fn an_outage_is_waited_out_for_max_outage_then_ends_the_run_with_69() {
         "gave up after {took:?}"
     );
     assert!(queue.deleted().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn receives_are_coalesced_into_chunks_of_max_rows() {
+    // Eight receivers fill the channel faster than one writer empties it; the writer lingers
+    // long enough to gather full chunks.
+    let queue = ModelledQueue::new(bodies(400), Duration::from_millis(10));
+    let store = ModelledStore::new(
+        Behaviour::Commit {
+            took: Duration::from_millis(100),
+        },
+        &queue,
+    );
+    let mut options = options(true);
+    options.concurrency = 8;
+    options.flow.writers = 1;
+    options.flow.max_rows = 100;
+    options.flow.linger = Duration::from_secs(2);
+    let (result, _, _) = run(&store, &queue, options, CancellationToken::new()).await;
+    assert_eq!(result.unwrap().loaded, 400);
+    let sizes = store.chunk_sizes.lock().unwrap().clone();
+    assert_eq!(sizes, vec![100, 100, 100, 100], "ten-message receives coalesced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_linger_commits_what_it_has() {
+    let queue = ModelledQueue::new(bodies(25), Duration::from_millis(500));
+    let store = ModelledStore::new(
+        Behaviour::Commit {
+            took: Duration::ZERO,
+        },
+        &queue,
+    );
+    let mut options = options(true);
+    options.concurrency = 1;
+    options.flow.writers = 1;
+    options.flow.linger = Duration::from_millis(100);
+    let (result, _, _) = run(&store, &queue, options, CancellationToken::new()).await;
+    assert_eq!(result.unwrap().loaded, 25);
+    // One receive every 500 ms, a linger of 100 ms: each receive is committed on its own.
+    assert_eq!(*store.chunk_sizes.lock().unwrap(), vec![10, 10, 5]);
 }
