@@ -169,14 +169,19 @@ pub async fn run_file<W: WriteStage>(
     tasks.spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(delivery);
         let send = |messages: Vec<Received>| {
-            reading.received(messages.len());
-            !reader_stop.is_cancelled()
+            let count = messages.len();
+            reading.received(count);
+            let sent = !reader_stop.is_cancelled()
                 && sender
                     .blocking_send(Delivery {
                         messages,
                         heartbeat: None,
                     })
-                    .is_ok()
+                    .is_ok();
+            if !sent {
+                reading.done(count); // never handed over: nothing to abandon
+            }
+            sent
         };
         let read = input.for_each(|message| {
             chunk.push(message);

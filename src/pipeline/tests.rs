@@ -384,7 +384,11 @@ async fn receives_are_coalesced_into_chunks_of_max_rows() {
     let (result, _, _) = run(&store, &queue, options, CancellationToken::new()).await;
     assert_eq!(result.unwrap().loaded, 400);
     let sizes = store.chunk_sizes.lock().unwrap().clone();
-    assert_eq!(sizes, vec![100, 100, 100, 100], "ten-message receives coalesced");
+    assert_eq!(
+        sizes,
+        vec![100, 100, 100, 100],
+        "ten-message receives coalesced"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -145,4 +145,3 @@ async fn input_file_loads_once_and_a_second_load_adds_nothing() {
     );
     s.db.drop_db().await;
 }
-
