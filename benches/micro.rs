@@ -51,7 +51,7 @@ fn per_event(c: &mut Criterion) {
                 message_id: "bench-message".to_owned(),
                 receipt_handle: None,
                 sent_at: now,
-                body: next().clone(),
+                body: next().clone().into(),
             };
             protect::protect(write, black_box(&message), now)
         })

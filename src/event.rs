@@ -172,6 +172,10 @@ pub enum Rejection {
     InvalidIp,
     /// The body is larger than [`BODY_MAX_BYTES`].
     TooLarge { bytes: usize, max: usize },
+    /// The body is not UTF-8 (a backfill line; SQS bodies are always text).
+    NotUtf8,
+    /// A backfill line is longer than [`BODY_MAX_BYTES`]; only its first `kept` bytes were read.
+    LineTooLong { bytes: u64, max: usize, kept: usize },
     /// A key appears twice in the object (parsers disagree on which value wins).
     DuplicateField { field: Option<&'static str> },
 }
@@ -202,6 +206,11 @@ impl fmt::Display for Rejection {
             Rejection::TooLarge { bytes, max } => {
                 write!(f, "body is {bytes} bytes, more than the {max} allowed")
             }
+            Rejection::NotUtf8 => f.write_str("body is not valid UTF-8"),
+            Rejection::LineTooLong { bytes, max, kept } => write!(
+                f,
+                "body is {bytes} bytes, more than the {max} allowed (only its first {kept} bytes are sealed)"
+            ),
             Rejection::DuplicateField { field: Some(field) } => {
                 write!(f, "field {field} appears more than once")
             }

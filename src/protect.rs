@@ -9,7 +9,7 @@ use crate::crypto::{
     BodyTag, Field, KeyVersion, Keyring, OpenFailed, Place, SealKey, Sealed, Token, TokenKey,
 };
 use crate::event::{self, LoginEvent, Pii, Rejection};
-use crate::source::Received;
+use crate::source::{Body, Received};
 use crate::user_ids;
 
 /// The active keys new rows are written with.
@@ -70,7 +70,11 @@ pub struct QuarantineEntry {
 
 /// Decodes and protects one message.
 pub fn protect(keys: WriteKeys<'_>, message: &Received, received_at: DateTime<Utc>) -> Record {
-    match event::decode(&message.body) {
+    let decoded = match &message.body {
+        Body::Text(text) => event::decode(text),
+        Body::Unreadable { rejection, .. } => Err(rejection.clone()),
+    };
+    match decoded {
         Ok(login) => Record::Login(protect_login(keys, message, login, received_at)),
         Err(rejection) => Record::Quarantine(quarantine(keys, message, &rejection, received_at)),
     }
@@ -151,7 +155,7 @@ pub fn quarantine_with_reason(
         body_sealed: keys
             .seal
             .seal(&Place::body(&message.message_id), message.body.as_bytes()),
-        user_tags: body_tags(keys.seal, &message.body),
+        user_tags: body_tags(keys.seal, &message.body.text_lossy()),
     }
 }
 
@@ -333,6 +337,35 @@ mod tests {
         assert_eq!(
             &ring.open(&Place::body("m-1"), &q.body_sealed).unwrap()[..],
             body.as_bytes()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_body_is_quarantined_with_its_exact_bytes_sealed() {
+        let (seal, token) = keys();
+        let bytes = b"{\"user_id\":\"u\xff\"}".to_vec();
+        let mut message = message("", Utc::now());
+        message.body = Body::from_bytes(bytes.clone());
+        let Record::Quarantine(q) = protect(
+            WriteKeys {
+                seal: &seal,
+                token: &token,
+            },
+            &message,
+            Utc::now(),
+        ) else {
+            panic!("loaded")
+        };
+        assert_eq!(q.reason, "body is not valid UTF-8");
+        let mut ring = Keyring::default();
+        ring.add_seal(
+            SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap(),
+            KeyState::Active,
+        );
+        assert_eq!(
+            &ring.open(&Place::body("m-1"), &q.body_sealed).unwrap()[..],
+            &bytes[..],
+            "sealed as received, not made valid"
         );
     }
 }

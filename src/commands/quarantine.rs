@@ -9,7 +9,7 @@ use super::{Context, begin_job, output, print_line, report_open_failure};
 use crate::crypto::{Place, Sealed};
 use crate::error::Error;
 use crate::protect::{self, Record, WriteKeys};
-use crate::source::Received;
+use crate::source::{Body, Received};
 use crate::store::{self, StoreError};
 
 /// `etl quarantine <verb>`.
@@ -106,7 +106,8 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
                 &Place::body(&entry.message_id),
                 &Sealed::from_bytes(entry.body_sealed),
             ) {
-                Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),
+                // Not lossy: a body of invalid UTF-8 must stay quarantined, not load altered.
+                Ok(plain) => Body::from_bytes(plain.to_vec()),
                 Err(e) => {
                     failed += 1;
                     report_open_failure(&e);

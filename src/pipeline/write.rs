@@ -193,7 +193,7 @@ mod tests {
             message_id: id.into(),
             receipt_handle: Some(handle.into()),
             sent_at: Utc::now(),
-            body: String::new(),
+            body: String::new().into(),
         }
     }
 

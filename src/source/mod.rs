@@ -7,7 +7,11 @@ pub mod sqs;
 
 use std::future::Future;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+
+use crate::event::Rejection;
 
 /// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in tests and benchmarks a model of it
 /// ([`modelled::ModelledQueue`]).
@@ -50,7 +54,62 @@ pub struct Received {
     /// When the producer sent it (SQS `SentTimestamp`); `create_date` is its UTC date.
     pub sent_at: DateTime<Utc>,
     /// The raw body.
-    pub body: String,
+    pub body: Body,
+}
+
+/// A message body as received. SQS bodies are always text; a backfill line may not be.
+pub enum Body {
+    /// Text, to be decoded.
+    Text(String),
+    /// Bytes that cannot be a body (invalid UTF-8, a line over the size limit): quarantined as
+    /// they are, with the rejection as the reason.
+    Unreadable {
+        /// What is sealed: the bytes, or for an oversized line the first ones.
+        bytes: Vec<u8>,
+        /// Why it was not decoded; free of PII.
+        rejection: Rejection,
+    },
+}
+
+impl Body {
+    /// Raw bytes as stored for a replay: text when they are UTF-8, unreadable otherwise.
+    pub fn from_bytes(bytes: Vec<u8>) -> Body {
+        match String::from_utf8(bytes) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Unreadable {
+                bytes: e.into_bytes(),
+                rejection: Rejection::NotUtf8,
+            },
+        }
+    }
+
+    /// The bytes to seal.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Text(text) => text.as_bytes(),
+            Body::Unreadable { bytes, .. } => bytes,
+        }
+    }
+
+    /// The body as text, invalid UTF-8 replaced, for the lenient user-id scan.
+    pub fn text_lossy(&self) -> Cow<'_, str> {
+        match self {
+            Body::Text(text) => Cow::Borrowed(text),
+            Body::Unreadable { bytes, .. } => String::from_utf8_lossy(bytes),
+        }
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Body {
+        Body::Text(text)
+    }
+}
+
+impl From<&str> for Body {
+    fn from(text: &str) -> Body {
+        Body::Text(text.to_owned())
+    }
 }
 
 /// Failures receiving, deleting or reading input. Never carries message bodies.

@@ -32,7 +32,7 @@ impl ModelledQueue {
                 message_id: format!("modelled-{i}"),
                 receipt_handle: Some(format!("handle-{i}")),
                 sent_at: now,
-                body,
+                body: body.into(),
             })
             .collect();
         ModelledQueue::from_messages(messages, latency)

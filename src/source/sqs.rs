@@ -179,7 +179,7 @@ impl Queue for SqsQueue {
                     message_id: m.message_id?,
                     receipt_handle: Some(m.receipt_handle?),
                     sent_at,
-                    body: m.body.unwrap_or_default(),
+                    body: m.body.unwrap_or_default().into(),
                 })
             })
             .collect())

@@ -145,3 +145,65 @@ async fn input_file_loads_once_and_a_second_load_adds_nothing() {
     );
     s.db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_line_of_bad_utf8_or_over_the_limit_is_quarantined_and_the_rest_loads() {
+    let s = Setup::new().await;
+    let max = piivault::event::BODY_MAX_BYTES;
+    let long_device = "secret-device-".repeat(2 * max / 14);
+    let long_line = format!(r#"{{"user_id":"long-user","device_id":"{long_device}"}}"#);
+    let mut text = Vec::new();
+    text.extend_from_slice(b"{\"user_id\":\"u1\",\"ip\":\"10.0.0.1\"}\n");
+    text.extend_from_slice(b"{\"user_id\":\"bad-user\",\"ip\":\"10.9.9.9\xff\"}\n");
+    text.extend_from_slice(b"{\"user_id\":\"u2\"}\n");
+    text.extend_from_slice(long_line.as_bytes());
+    text.extend_from_slice(b"\n{\"user_id\":\"u3\",\"device_id\":\"d-3\"}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    let file = file.to_str().unwrap();
+
+    let run = s.etl.run(&["run", "--input", file]).await;
+    let first = run.json(); // exit 0
+    let counts = |summary: &serde_json::Value| {
+        ["received", "loaded", "quarantined", "duplicates"].map(|k| summary[k].as_u64().unwrap())
+    };
+    assert_eq!(counts(&first), [5, 3, 2, 0], "{first}");
+    for value in ["secret-device-", "10.9.9.9", "bad-user", "long-user"] {
+        assert!(
+            !run.stdout.contains(value) && !run.stderr.contains(value),
+            "{value} leaked to the output"
+        );
+    }
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 3);
+    assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, 3);
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT message_id, reason, cardinality(user_tags) FROM etl.quarantine ORDER BY message_id",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    let rows: Vec<(&str, &str, i32)> = rows
+        .iter()
+        .map(|(id, reason, tags)| (&id[id.rfind('-').unwrap()..], reason.as_str(), *tags))
+        .collect();
+    let long_reason = format!(
+        "body is {} bytes, more than the {max} allowed (only its first {} bytes are sealed)",
+        long_line.len(),
+        max + 1
+    );
+    assert_eq!(
+        rows,
+        [
+            ("-2", "body is not valid UTF-8", 1),
+            ("-4", long_reason.as_str(), 1)
+        ],
+        "positional ids; each body still tagged with its user for erasure"
+    );
+
+    let second = s.etl.run(&["run", "--input", file]).await.json();
+    assert_eq!(counts(&second), [5, 0, 0, 5], "{second}");
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 3);
+    assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 2);
+    s.db.drop_db().await;
+}
