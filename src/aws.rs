@@ -164,6 +164,12 @@ fn one_line(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_sdk_makes_one_attempt_per_call() {
+        let retry = sdk_config().await.retry_config().expect("set");
+        assert_eq!(retry.max_attempts(), 1, "our retry layer is the only one");
+    }
+
     #[test]
     fn sqs_throttling_codes_are_throttled() {
         for code in [
