@@ -16,7 +16,8 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// An input file does not exist or cannot be read.
     pub const NO_INPUT: u8 = 66;
-    /// A service (Postgres, SQS, KMS) is unreachable.
+    /// A service (Postgres, SQS, KMS) is unreachable, throttling, failing, read-only or out of
+    /// resources (for `etl run`: for longer than `--max-outage-secs`).
     pub const UNAVAILABLE: u8 = 69;
     /// An internal error (a bug): please report it.
     pub const SOFTWARE: u8 = 70;
@@ -25,7 +26,8 @@ pub mod exit {
     pub const CANT_CREATE: u8 = 73;
     /// Writing the output failed.
     pub const IO: u8 = 74;
-    /// A temporary failure (a transaction conflict that persisted): retry later.
+    /// A temporary failure (transaction conflicts, cancelled statements or key rotations that
+    /// persisted, a stall): retry later.
     pub const TEMP_FAIL: u8 = 75;
     /// A service refused for lack of permission.
     pub const NO_PERMISSION: u8 = 77;
@@ -126,8 +128,13 @@ impl Error {
                 SourceError::FileFormat { .. } => DATA,
             },
             Error::Store(e) => match e {
-                StoreError::Connect { .. } | StoreError::Unavailable { .. } => UNAVAILABLE,
-                StoreError::Conflict { .. } | StoreError::Stale { .. } => TEMP_FAIL,
+                StoreError::Connect { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::ReadOnly { .. }
+                | StoreError::Exhausted { .. } => UNAVAILABLE,
+                StoreError::Conflict { .. }
+                | StoreError::Cancelled { .. }
+                | StoreError::Stale { .. } => TEMP_FAIL,
                 StoreError::NotMigrated { .. } => CONFIG,
                 StoreError::PermissionDenied { .. } => NO_PERMISSION,
                 StoreError::Rejected { .. } => DATA,
@@ -145,7 +152,9 @@ impl Error {
 
 impl Error {
     /// True for failures a running `etl run` retries ([`crate::pipeline::retry`]): a service
-    /// unreachable, throttling or failing over, a transaction conflict, a key change mid-batch.
+    /// unreachable, throttling, failing on its side or failing over (read-only), out of
+    /// resources, a cancelled statement, a transaction conflict, a key change mid-batch. Each
+    /// may pass without anyone changing piivault's configuration; the rest cannot.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Store(e) => matches!(
@@ -153,6 +162,9 @@ impl Error {
                 StoreError::Unavailable { .. }
                     | StoreError::Connect { .. }
                     | StoreError::Conflict { .. }
+                    | StoreError::ReadOnly { .. }
+                    | StoreError::Exhausted { .. }
+                    | StoreError::Cancelled { .. }
             ),
             Error::Source(e) => e.may_pass_while_running(),
             Error::Kek(e) => matches!(e, KekError::KmsUnavailable { .. }),
@@ -163,7 +175,8 @@ impl Error {
 }
 
 impl SourceError {
-    /// True for failures a running consumer waits out: SQS unreachable, or the queue gone after
+    /// True for failures a running consumer waits out: SQS unreachable, throttling or failing on
+    /// its side ([`SourceError::Unavailable`]), or the queue gone after
     /// it was found at start (being recreated, or an emulator restarting). A queue missing at
     /// start is a configuration error instead ([`crate::source::sqs::SqsQueue::check`]).
     pub fn may_pass_while_running(&self) -> bool {
@@ -180,6 +193,132 @@ impl From<crate::key_lifecycle::Refusal> for Error {
             // Keys never created is a set-up problem, like any other missing key.
             crate::key_lifecycle::Refusal::NoActive(purpose) => Error::NoKeys(purpose),
             other => Error::Refused(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::Fault;
+
+    fn store(code: &str) -> Error {
+        Error::Store(StoreError::from_sqlstate("a test", Some(code), "d".into()))
+    }
+
+    /// SQLSTATE → (retried while running, exit code once the run ends with it).
+    #[test]
+    fn every_postgres_class_is_deliberate() {
+        let cases = [
+            ("08000", true, exit::UNAVAILABLE),
+            ("08003", true, exit::UNAVAILABLE),
+            ("08006", true, exit::UNAVAILABLE),
+            ("08001", true, exit::UNAVAILABLE),
+            ("57P01", true, exit::UNAVAILABLE), // admin_shutdown
+            ("57P02", true, exit::UNAVAILABLE), // crash_shutdown
+            ("57P03", true, exit::UNAVAILABLE), // cannot_connect_now
+            ("57014", true, exit::TEMP_FAIL),   // query_canceled
+            ("53000", true, exit::UNAVAILABLE), // insufficient_resources
+            ("53100", true, exit::UNAVAILABLE), // disk_full
+            ("53200", true, exit::UNAVAILABLE), // out_of_memory
+            ("53300", true, exit::UNAVAILABLE), // too_many_connections
+            ("25006", true, exit::UNAVAILABLE), // read_only_sql_transaction
+            ("40001", true, exit::TEMP_FAIL),   // serialization_failure
+            ("40P01", true, exit::TEMP_FAIL),   // deadlock_detected
+            ("55P03", true, exit::TEMP_FAIL),   // lock_not_available
+            ("42501", false, exit::NO_PERMISSION),
+            ("42P01", false, exit::CONFIG),
+            ("3F000", false, exit::CONFIG),
+            ("22001", false, exit::DATA),
+            ("23502", false, exit::DATA),
+            ("42601", false, exit::SOFTWARE), // a syntax error is a bug
+            ("XX000", false, exit::SOFTWARE),
+        ];
+        for (code, retried, exit_code) in cases {
+            let e = store(code);
+            assert_eq!(e.is_retryable(), retried, "{code} retried: {e}");
+            assert_eq!(e.exit_code(), exit_code, "{code} exit code: {e}");
+        }
+    }
+
+    #[test]
+    fn postgres_classes_land_in_their_variants() {
+        let variant = |code| match store(code) {
+            Error::Store(e) => e,
+            _ => unreachable!(),
+        };
+        assert!(matches!(variant("25006"), StoreError::ReadOnly { .. }));
+        assert!(matches!(variant("57014"), StoreError::Cancelled { .. }));
+        assert!(matches!(variant("53100"), StoreError::Exhausted { .. }));
+        assert!(matches!(variant("57P01"), StoreError::Unavailable { .. }));
+        assert!(matches!(variant("08006"), StoreError::Unavailable { .. }));
+        assert!(matches!(variant("40P01"), StoreError::Conflict { .. }));
+        assert!(matches!(variant("55P03"), StoreError::Conflict { .. }));
+        assert!(matches!(
+            StoreError::from_sqlstate("a test", None, "d".into()),
+            StoreError::Query { .. }
+        ));
+    }
+
+    #[test]
+    fn postgres_messages_say_what_failed_and_what_to_do() {
+        let read_only = store("25006").to_string();
+        assert!(read_only.contains("read-only") && read_only.contains("primary"));
+        let exhausted = store("53100").to_string();
+        assert!(exhausted.contains("out of resources") && exhausted.contains("Free disk"));
+        let cancelled = store("57014").to_string();
+        assert!(cancelled.contains("statement_timeout") && cancelled.contains("--batch-size"));
+    }
+
+    fn sqs(fault: Fault) -> Error {
+        Error::Source(SourceError::Unavailable {
+            operation: "ReceiveMessage",
+            queue: "q".into(),
+            fault,
+            detail: "d".into(),
+        })
+    }
+
+    fn kms(fault: Fault) -> Error {
+        Error::Kek(KekError::KmsUnavailable {
+            operation: "Decrypt",
+            key: "k".into(),
+            fault,
+            detail: "d".into(),
+        })
+    }
+
+    #[test]
+    fn aws_outages_throttling_and_5xx_are_retried_and_end_with_69() {
+        for fault in [Fault::Unreachable, Fault::Throttled, Fault::ServerError] {
+            for e in [sqs(fault), kms(fault)] {
+                assert!(e.is_retryable(), "{e}");
+                assert_eq!(e.exit_code(), exit::UNAVAILABLE, "{e}");
+            }
+        }
+        assert!(sqs(Fault::Throttled).to_string().contains("throttling"));
+        assert!(
+            kms(Fault::ServerError)
+                .to_string()
+                .contains("on KMS's side")
+        );
+    }
+
+    #[test]
+    fn aws_refusals_are_fatal_at_once() {
+        let sqs_refused = Error::Source(SourceError::Refused {
+            operation: "ReceiveMessage",
+            queue: "q".into(),
+            detail: "d".into(),
+        });
+        let kms_refused = Error::Kek(KekError::KmsRefused {
+            operation: "Decrypt",
+            key: "k".into(),
+            detail: "d".into(),
+        });
+        for e in [sqs_refused, kms_refused] {
+            assert!(!e.is_retryable(), "{e}");
+            assert_eq!(e.exit_code(), exit::NO_PERMISSION, "{e}");
         }
     }
 }

@@ -33,8 +33,9 @@ pub struct RunArgs {
     /// its messages' visibility renewed (heartbeat) until it is committed and deleted.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..=43_200))]
     visibility_timeout_secs: i32,
-    /// How long an outage of Postgres, SQS or KMS is waited out (retries with exponential
-    /// backoff and jitter) before `etl run` gives up with exit 69.
+    /// How long a transient failure (an outage, throttling or 5xx of Postgres, SQS or KMS, a
+    /// read-only or full database, a conflict) is retried with exponential backoff and jitter
+    /// before `etl run` gives up: exit 69, or 75 for conflicts and cancelled statements.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     max_outage_secs: u64,
     /// After SIGTERM/SIGINT or a fatal error: how long batches in flight may take to commit and

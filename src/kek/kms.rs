@@ -6,7 +6,7 @@ use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
 use super::KekError;
-use crate::aws::{CallFailure, describe};
+use crate::aws::{CallFailure, Fault, describe};
 
 /// A KMS key (id, alias or ARN) and a client for it.
 pub struct KmsKek {
@@ -82,18 +82,18 @@ impl KmsKek {
     fn error(&self, operation: &'static str, failure: CallFailure) -> KekError {
         let key = self.key_id.clone();
         let detail = failure.detail;
-        if failure.unreachable {
-            KekError::KmsUnavailable {
+        match failure.fault {
+            Fault::Refused => KekError::KmsRefused {
                 operation,
                 key,
                 detail,
-            }
-        } else {
-            KekError::KmsRefused {
+            },
+            fault => KekError::KmsUnavailable {
                 operation,
                 key,
+                fault,
                 detail,
-            }
+            },
         }
     }
 }

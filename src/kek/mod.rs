@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use zeroize::Zeroizing;
 
+use crate::aws::Fault;
 use crate::crypto::{KeyVersion, Purpose};
 
 pub use kms::KmsKek;
@@ -113,13 +114,18 @@ pub enum KekError {
         /// Where the configured name came from.
         how: &'static str,
     },
-    /// KMS could not be reached.
+    /// KMS could not be reached, throttled the call or failed on its side: a failure that may
+    /// pass, which a running `etl run` waits out.
     #[error(
-        "AWS KMS is unreachable ({operation} on {key}): {detail}.\nCheck AWS_ENDPOINT_URL / AWS_REGION and the network, then retry."
+        "AWS KMS {} ({operation} on {key}): {detail}.\n{}",
+        fault.what(),
+        kms_advice(*fault)
     )]
     KmsUnavailable {
         operation: &'static str,
         key: String,
+        /// Unreachable, throttled or a server error (never [`Fault::Refused`]).
+        fault: Fault,
         detail: String,
     },
     /// KMS answered with an error.
@@ -241,6 +247,21 @@ impl Kek {
         match &self.backend {
             Backend::Local(k) => k.unwrap(&pairs, wrapped).ok_or_else(unwrap_error),
             Backend::Kms(k) => k.unwrap(&pairs, wrapped).await?.ok_or_else(unwrap_error),
+        }
+    }
+}
+
+/// What to do about a KMS failure that may pass.
+fn kms_advice(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Throttled => {
+            "KMS's request quota is exhausted: lower the request rate or ask AWS for a higher quota; retry later."
+        }
+        Fault::ServerError => {
+            "The fault is on KMS's side (see the AWS Health Dashboard); retry later."
+        }
+        Fault::Unreachable | Fault::Refused => {
+            "Check AWS_ENDPOINT_URL / AWS_REGION and the network, then retry."
         }
     }
 }

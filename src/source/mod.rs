@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
+use crate::aws::Fault;
 use crate::event::Rejection;
 
 /// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in tests and benchmarks a model of it
@@ -115,13 +116,18 @@ impl From<&str> for Body {
 /// Failures receiving, deleting or reading input. Never carries message bodies.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// SQS could not be reached.
+    /// SQS could not be reached, throttled the call or failed on its side: a failure that may
+    /// pass, which a running `etl run` waits out.
     #[error(
-        "SQS is unreachable ({operation} on {queue}): {detail}.\nCheck SQS_QUEUE_URL, AWS_ENDPOINT_URL / AWS_REGION and the network, then retry."
+        "SQS {} ({operation} on {queue}): {detail}.\n{}",
+        fault.what(),
+        sqs_advice(*fault)
     )]
     Unavailable {
         operation: &'static str,
         queue: String,
+        /// Unreachable, throttled or a server error (never [`Fault::Refused`]).
+        fault: Fault,
         detail: String,
     },
     /// The queue does not exist.
@@ -149,4 +155,19 @@ pub enum SourceError {
         "the input file {path} is not a JSON array of message bodies ({detail}).\nGive a JSON array, or one JSON body per line."
     )]
     FileFormat { path: String, detail: String },
+}
+
+/// What to do about an SQS failure that may pass.
+fn sqs_advice(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Throttled => {
+            "Lower --concurrency or the number of consumers, or ask AWS for a higher quota; retry later."
+        }
+        Fault::ServerError => {
+            "The fault is on SQS's side (see the AWS Health Dashboard); retry later."
+        }
+        Fault::Unreachable | Fault::Refused => {
+            "Check SQS_QUEUE_URL, AWS_ENDPOINT_URL / AWS_REGION and the network, then retry."
+        }
+    }
 }

@@ -7,7 +7,7 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{Heartbeat, Queue, Received, SourceError};
-use crate::aws::{CallFailure, describe};
+use crate::aws::{CallFailure, Fault, describe};
 
 /// Most messages one receive, delete or send call carries (an SQS limit).
 pub const MAX_BATCH: usize = 10;
@@ -117,20 +117,21 @@ impl SqsQueue {
     fn error(&self, operation: &'static str, failure: CallFailure) -> SourceError {
         let queue = self.url.clone();
         let detail = failure.detail;
-        match failure.code.as_deref() {
-            _ if failure.unreachable => SourceError::Unavailable {
-                operation,
-                queue,
-                detail,
-            },
-            Some(code)
+        match (failure.fault, failure.code.as_deref()) {
+            (Fault::Refused, Some(code))
                 if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") =>
             {
                 SourceError::NoQueue { queue, detail }
             }
-            _ => SourceError::Refused {
+            (Fault::Refused, _) => SourceError::Refused {
                 operation,
                 queue,
+                detail,
+            },
+            (fault, _) => SourceError::Unavailable {
+                operation,
+                queue,
+                fault,
                 detail,
             },
         }

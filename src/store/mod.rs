@@ -52,9 +52,25 @@ pub enum StoreError {
         "{what}: the target key changed while the job ran; nothing of that batch was written. Re-run the command."
     )]
     Stale { what: &'static str },
-    /// The connection broke or timed out mid-way.
+    /// The connection broke or timed out mid-way, or the server is shutting down or starting.
     #[error("{what} failed: Postgres became unreachable ({detail}). Nothing was committed; retry.")]
     Unavailable { what: &'static str, detail: String },
+    /// The server accepts only reads: a failover left the connection on a standby, or
+    /// `default_transaction_read_only` is on.
+    #[error(
+        "{what} failed: Postgres is read-only ({detail}): a failover left this connection on a standby, or default_transaction_read_only is on. Nothing was committed.\nPoint the database URL at the primary, or turn default_transaction_read_only off."
+    )]
+    ReadOnly { what: &'static str, detail: String },
+    /// The server ran out of a resource: disk, memory, connections.
+    #[error(
+        "{what} failed: Postgres is out of resources ({detail}). Nothing was committed.\nFree disk space or memory on the server, or raise max_connections (or run fewer writers and consumers)."
+    )]
+    Exhausted { what: &'static str, detail: String },
+    /// The server cancelled the statement: `statement_timeout`, or an administrator's cancel.
+    #[error(
+        "{what} failed: Postgres cancelled the statement ({detail}): it ran past statement_timeout or was cancelled by an administrator. Nothing was committed.\nLook for long-held locks or an overloaded server; lower --batch-size or raise this login's statement_timeout."
+    )]
+    Cancelled { what: &'static str, detail: String },
     /// Any other database error.
     #[error("{what} failed: {detail}")]
     Query { what: &'static str, detail: String },
@@ -73,28 +89,40 @@ impl StoreError {
             other => other.to_string(),
         };
         match &error {
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
-                Some("42501") => StoreError::PermissionDenied { what, detail },
-                // 55P03: a lock not granted within lock_timeout (the audit head, held by another
-                // transaction): as temporary as a deadlock.
-                Some("40001" | "40P01" | "55P03") => StoreError::Conflict { what, detail },
-                // Data exceptions and integrity violations (unique conflicts are handled by
-                // ON CONFLICT): the row itself is the problem.
-                Some(code)
-                    if code.starts_with("22") || (code.starts_with("23") && code != "23505") =>
-                {
-                    StoreError::Rejected {
-                        what,
-                        code: code.to_owned(),
-                    }
-                }
-                Some(code) if code.starts_with("08") || code.starts_with("57P") => {
-                    StoreError::Unavailable { what, detail }
-                }
-                _ => StoreError::Query { what, detail },
-            },
+            sqlx::Error::Database(db) => {
+                StoreError::from_sqlstate(what, db.code().as_deref(), detail)
+            }
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable { what, detail }
+            }
+            _ => StoreError::Query { what, detail },
+        }
+    }
+
+    /// Classifies a database error by its SQLSTATE (`detail` is the server's message and code).
+    /// Whether each class is retried, and its exit code, is decided in [`crate::error::Error`].
+    pub fn from_sqlstate(what: &'static str, code: Option<&str>, detail: String) -> StoreError {
+        match code {
+            Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
+            Some("42501") => StoreError::PermissionDenied { what, detail },
+            // 55P03: a lock not granted within lock_timeout (the audit head, held by another
+            // transaction): as temporary as a deadlock.
+            Some("40001" | "40P01" | "55P03") => StoreError::Conflict { what, detail },
+            Some("25006") => StoreError::ReadOnly { what, detail },
+            Some("57014") => StoreError::Cancelled { what, detail },
+            // Data exceptions and integrity violations (unique conflicts are handled by
+            // ON CONFLICT): the row itself is the problem.
+            Some(code) if code.starts_with("22") || (code.starts_with("23") && code != "23505") => {
+                StoreError::Rejected {
+                    what,
+                    code: code.to_owned(),
+                }
+            }
+            Some(code) if code.starts_with("53") => StoreError::Exhausted { what, detail },
+            // 08: the connection failed; 57P01–57P05: the server is shutting down, crashed,
+            // is starting, dropped the database or closed an idle session: a new connection is
+            // the cure, which the pool makes at the next attempt.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => {
                 StoreError::Unavailable { what, detail }
             }
             _ => StoreError::Query { what, detail },

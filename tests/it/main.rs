@@ -8,6 +8,7 @@ mod commands;
 mod deploy;
 mod deployment;
 mod errors;
+mod failover;
 mod faults;
 mod hostile;
 mod kms;
