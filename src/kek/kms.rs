@@ -6,7 +6,8 @@ use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
 use super::KekError;
-use crate::aws::{CallFailure, Fault, describe};
+use crate::aws::{CallFailure, describe};
+use crate::error::classify::Fault;
 
 /// A KMS key (id, alias or ARN) and a client for it.
 pub struct KmsKek {

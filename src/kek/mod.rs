@@ -17,8 +17,8 @@ use std::str::FromStr;
 
 use zeroize::Zeroizing;
 
-use crate::aws::Fault;
 use crate::crypto::{KeyVersion, Purpose};
+use crate::error::classify::Fault;
 
 pub use kms::KmsKek;
 pub use local::LocalKek;

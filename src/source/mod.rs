@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
-use crate::aws::Fault;
+use crate::error::classify::Fault;
 use crate::event::Rejection;
 
 /// A queue `etl run` consumes: SQS ([`sqs::SqsQueue`]), or in tests and benchmarks a model of it

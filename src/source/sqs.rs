@@ -7,7 +7,8 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{Heartbeat, Queue, Received, SourceError};
-use crate::aws::{CallFailure, Fault, describe};
+use crate::aws::{CallFailure, describe};
+use crate::error::classify::Fault;
 
 /// Most messages one receive, delete or send call carries (an SQS limit).
 pub const MAX_BATCH: usize = 10;

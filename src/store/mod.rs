@@ -99,36 +99,6 @@ impl StoreError {
         }
     }
 
-    /// Classifies a database error by its SQLSTATE (`detail` is the server's message and code).
-    /// Whether each class is retried, and its exit code, is decided in [`crate::error::Error`].
-    pub fn from_sqlstate(what: &'static str, code: Option<&str>, detail: String) -> StoreError {
-        match code {
-            Some("42P01" | "3F000") => StoreError::NotMigrated { what, detail },
-            Some("42501") => StoreError::PermissionDenied { what, detail },
-            // 55P03: a lock not granted within lock_timeout (the audit head, held by another
-            // transaction): as temporary as a deadlock.
-            Some("40001" | "40P01" | "55P03") => StoreError::Conflict { what, detail },
-            Some("25006") => StoreError::ReadOnly { what, detail },
-            Some("57014") => StoreError::Cancelled { what, detail },
-            // Data exceptions and integrity violations (unique conflicts are handled by
-            // ON CONFLICT): the row itself is the problem.
-            Some(code) if code.starts_with("22") || (code.starts_with("23") && code != "23505") => {
-                StoreError::Rejected {
-                    what,
-                    code: code.to_owned(),
-                }
-            }
-            Some(code) if code.starts_with("53") => StoreError::Exhausted { what, detail },
-            // 08: the connection failed; 57P01–57P05: the server is shutting down, crashed,
-            // is starting, dropped the database or closed an idle session: a new connection is
-            // the cure, which the pool makes at the next attempt.
-            Some(code) if code.starts_with("08") || code.starts_with("57P") => {
-                StoreError::Unavailable { what, detail }
-            }
-            _ => StoreError::Query { what, detail },
-        }
-    }
-
     /// A closure for `map_err` that classifies errors of `what`.
     pub fn during(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
         move |e| StoreError::from_sqlx(what, e)

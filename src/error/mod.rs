@@ -1,4 +1,7 @@
-//! The error a command returns, and the exit code each kind maps to (sysexits; see README).
+//! The error a command returns, and the exit code each kind maps to (sysexits; see README);
+//! [`classify`] sorts service failures into kinds.
+
+pub mod classify;
 
 use crate::config::ConfigError;
 use crate::crypto::{KeyVersion, Purpose};
@@ -199,8 +202,8 @@ impl From<crate::key_lifecycle::Refusal> for Error {
 
 #[cfg(test)]
 mod tests {
+    use super::classify::Fault;
     use super::*;
-    use crate::aws::Fault;
 
     fn store(code: &str) -> Error {
         Error::Store(StoreError::from_sqlstate("a test", Some(code), "d".into()))
