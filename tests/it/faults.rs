@@ -363,7 +363,8 @@ async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed()
     let queue_url = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
     let etl =
         Etl::new(&db.url, &queue_url, &kek.uri()).with("AWS_ENDPOINT_URL", &emulator.endpoint());
-    let consumer = start_consuming(&etl, &queue_url, 300).await;
+    let mut consumer = start_consuming(&etl, &queue_url, 300).await;
+    let log = crate::support::StderrLog::take(&mut consumer);
     let loaded = |want: i64| {
         let db = &db;
         async move {
@@ -375,28 +376,34 @@ async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed()
     // Down for a while (connection refused), then back empty: the queue itself is missing until
     // it is recreated, as after a real emulator restart.
     emulator.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        log.wait_for("unreachable", Duration::from_secs(30)).await,
+        "it noticed the outage: {}",
+        log.text()
+    );
     emulator.start_again();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The queue is recreated only once a receive has met it missing (backoff decides when).
+    assert!(
+        log.wait_for("does not exist", Duration::from_secs(30))
+            .await,
+        "it noticed the missing queue: {}",
+        log.text()
+    );
     let recreated = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
     assert_eq!(recreated, queue_url);
     send(&queue_url, &bodies("after", 300)).await;
     let all_loaded = loaded(600).await;
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(
-        out.code, 0,
+        out.code,
+        0,
         "the process survived the restart: {}",
-        out.stderr
+        log.text()
     );
     assert!(
         all_loaded,
         "messages sent after the restart were loaded: {}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("unreachable") && out.stderr.contains("does not exist"),
-        "it noticed both the outage and the missing queue: {}",
-        out.stderr
+        log.text()
     );
     assert_eq!(
         db.count("SELECT count(DISTINCT message_id) FROM user_logins")

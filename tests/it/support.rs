@@ -777,3 +777,45 @@ pub async fn attempt(url: &str, sql: &str) -> String {
         Err(e) => panic!("{sql}: {e}"),
     }
 }
+
+/// A spawned `etl`'s stderr, collected line by line as it is written, so a test can wait for a
+/// line while the process runs.
+pub struct StderrLog {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl StderrLog {
+    /// Takes the child's piped stderr; the child's own output then has none.
+    pub fn take(child: &mut tokio::process::Child) -> StderrLog {
+        use tokio::io::AsyncBufReadExt;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = text.clone();
+        let mut lines =
+            tokio::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        StderrLog { text }
+    }
+
+    /// Waits until stderr contains `needle`; false after `timeout`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if self.text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.text().contains(needle)
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
