@@ -138,11 +138,11 @@ def timed(cmd):
     start = time.monotonic()
     run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
     return time.monotonic() - start, run.stdout
-runs = [timed([etl, "reveal", "--user-id", "bench-reveal-user", "--reason", "benchmark reveal"]) for _ in range(5)]
+runs = [timed([etl, "reveal", "--purpose", "security-incident", "--user-id", "bench-reveal-user", "--reason", "benchmark reveal"]) for _ in range(5)]
 assert all(len(out.splitlines()) == n for _, out in runs), "reveal did not return every record"
 # The two statements of a reveal, each its own transaction: request (audit row + grant), rows.
 sql = ("\\timing on\n"
-       "SELECT audit_id FROM vault.reveal_request('user_id', 'bench-reveal-user', 'benchmark reveal', NULL, 'bench') \\gset\n"
+       "SELECT audit_id FROM vault.reveal_request('user_id', 'bench-reveal-user', 'security-incident', 'benchmark reveal', NULL, 'bench') \\gset\n"
        "SELECT count(*) FROM vault.reveal_rows(:audit_id);\n")
 statement = []
 for _ in range(5):

@@ -44,7 +44,7 @@ sql -c "SELECT reason, count(*) FROM etl.quarantine GROUP BY 1 ORDER BY 2 DESC"
 user=$(sql -Atc "SELECT user_id FROM user_logins WHERE masked_device_id =
          (SELECT masked_device_id FROM user_logins GROUP BY 1 ORDER BY count(DISTINCT user_id) DESC LIMIT 1)
        ORDER BY user_id LIMIT 1")
-step "auditor: etl reveal --user-id $user --reason 'demo: duplicate device investigation'"
-$etl reveal --user-id "$user" --reason "demo: duplicate device investigation" --format table
+step "auditor: etl reveal --user-id $user --purpose fraud-investigation --reason 'demo: duplicate device investigation'"
+$etl reveal --user-id "$user" --purpose fraud-investigation --reason "demo: duplicate device investigation" --format table
 step "the audit row the reveal left (committed before the output above)"
-sql -c "SELECT id, at, db_role, actor, user_id, reason, records FROM vault.reveal_audit ORDER BY id"
+sql -c "SELECT id, at, db_role, actor, action, purpose, user_id, reason, records FROM vault.reveal_audit ORDER BY id"

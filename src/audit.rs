@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::crypto::chain::{self, AuditFields, Concerned};
+use crate::crypto::chain::{self, AuditFields, Concerned, Governance};
 use crate::store::audit::AuditRow;
 
 use crate::error::Error;
@@ -48,6 +48,13 @@ fn fields<'a>(row: &'a AuditRow, at: &'a str) -> AuditFields<'a> {
     }
 }
 
+fn concerned(row: &AuditRow) -> Concerned<'_> {
+    Concerned {
+        subjects: row.subjects.as_deref(),
+        records_digest: row.records_digest.as_deref(),
+    }
+}
+
 /// The hash a row should carry, in the format it was written in.
 fn expected_hash(row: &AuditRow, prev: &[u8]) -> Option<[u8; 32]> {
     let at = timestamp(&row.at);
@@ -58,9 +65,17 @@ fn expected_hash(row: &AuditRow, prev: &[u8]) -> Option<[u8; 32]> {
             prev,
             &fields,
             row.at.timestamp_micros(),
-            Concerned {
-                subjects: row.subjects.as_deref(),
-                records_digest: row.records_digest.as_deref(),
+            concerned(row),
+        )),
+        3 => Some(chain::link_v3(
+            prev,
+            &fields,
+            row.at.timestamp_micros(),
+            concerned(row),
+            Governance {
+                purpose: row.purpose.as_deref(),
+                request_id: row.request_id,
+                note: row.note.as_deref(),
             },
         )),
         _ => None,

@@ -16,6 +16,7 @@
 //! - [`pipeline`]: supervised stages: receive, protect, write in one transaction, delete after
 //!   commit; one retry policy.
 //! - [`audit`]: the server-written, hash-chained trail (append, verify, reason and actor checks).
+//! - [`governance`]: reveal purposes (the database enforces them, the quotas and the two-person rule).
 //! - [`synth`]: synthetic login events for the demo and benchmarks.
 //! - [`serve`]: the metrics server and status page.
 //! - [`commands`]: one file per `etl` subcommand.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod event;
+pub mod governance;
 pub mod kek;
 pub mod key_lifecycle;
 pub mod keystore;

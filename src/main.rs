@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use piivault::commands::{
-    Context, audit, erase, keys, migrate, quarantine, report, reveal, run, seed,
+    Context, audit, erase, keys, migrate, policy, quarantine, report, reveal, run, seed,
 };
 use piivault::config::Settings;
 use piivault::error::exit;
@@ -50,8 +50,11 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Consume the queue (or --input a file) into user_logins, the vault and quarantine.
     Run(run::RunArgs),
-    /// Reveal original ip/device_id of selected records (audited).
+    /// Reveal original ip/device_id of selected records (audited; a purpose and a reason; requests
+    /// and approvals under the two-person rule).
     Reveal(reveal::RevealArgs),
+    /// Show or set the reveal policy: purposes, quotas, two-person rule (set is audited).
+    Policy(policy::PolicyArgs),
     /// List or verify the tamper-evident audit trail.
     Audit(audit::AuditArgs),
     /// Erase one user's data (right to erasure; audited).
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Seed(args) => seed::run(args, &ctx).await,
             Command::Run(args) => run::run(args, &ctx).await,
             Command::Reveal(args) => reveal::run(args, &ctx).await,
+            Command::Policy(args) => policy::run(args, &ctx).await,
             Command::Audit(args) => audit::run(args, &ctx).await,
             Command::Erase(args) => erase::run(args, &ctx).await,
             Command::Quarantine(args) => quarantine::run(args, &ctx).await,

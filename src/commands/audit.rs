@@ -20,7 +20,8 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 enum AuditVerb {
-    /// Print audit entries: who, when, what selector, why, how many records.
+    /// Print audit entries: who, when, what selector, purpose and reason, how many records,
+    /// the two-person request and the server's note (why refused).
     List {
         /// Only entries at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
         #[arg(long)]
@@ -47,8 +48,16 @@ pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
             let rows = store::audit::list(&pool, since).await?;
             if let ListFormat::Table = format {
                 print_line(&format!(
-                    "{:>6}  {:<27} {:<16} {:<12} {:<7} {:>7}  {:<14} reason / selector",
-                    "id", "at", "db_role", "actor", "action", "records", "ticket"
+                    "{:>6}  {:<27} {:<16} {:<12} {:<14} {:<20} {:>7} {:>7}  {:<14} reason / selector / note",
+                    "id",
+                    "at",
+                    "db_role",
+                    "actor",
+                    "action",
+                    "purpose",
+                    "request",
+                    "records",
+                    "ticket"
                 ))?;
             }
             for r in &rows {
@@ -56,20 +65,24 @@ pub async fn run(args: AuditArgs, ctx: &Context) -> Result<(), Error> {
                 match format {
                     ListFormat::Json => print_line(
                         &json!({"id": r.id, "at": at, "db_role": r.db_role, "actor": r.actor, "action": r.action,
-                                "selector": r.selector, "ticket": r.ticket, "reason": r.reason, "records": r.records})
+                                "selector": r.selector, "purpose": r.purpose, "request_id": r.request_id,
+                                "ticket": r.ticket, "reason": r.reason, "records": r.records, "note": r.note})
                         .to_string(),
                     )?,
                     ListFormat::Table => print_line(&format!(
-                        "{:>6}  {:<27} {:<16} {:<12} {:<7} {:>7}  {:<14} {} / {}",
+                        "{:>6}  {:<27} {:<16} {:<12} {:<14} {:<20} {:>7} {:>7}  {:<14} {} / {} / {}",
                         r.id,
                         at,
                         cell(&r.db_role),
                         cell(&r.actor),
                         cell(&r.action),
+                        r.purpose.as_deref().map_or_else(|| "-".to_owned(), cell),
+                        r.request_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
                         r.records,
                         r.ticket.as_deref().map_or_else(|| "-".to_owned(), cell),
                         cell(&r.reason),
-                        r.selector.as_deref().map_or_else(|| "-".to_owned(), cell)
+                        r.selector.as_deref().map_or_else(|| "-".to_owned(), cell),
+                        r.note.as_deref().map_or_else(|| "-".to_owned(), cell)
                     ))?,
                 }
             }

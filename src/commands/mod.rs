@@ -6,6 +6,7 @@ pub mod erase;
 pub mod keys;
 pub mod migrate;
 pub mod output;
+pub mod policy;
 pub mod progress;
 pub mod quarantine;
 pub mod report;

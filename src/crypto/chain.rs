@@ -1,10 +1,12 @@
 //! The audit trail's hash chain: `hash_n = SHA-256(hash_{n-1} || encoding of row n)`.
 //! A deleted, edited or reordered row breaks every later link.
 //!
-//! Two encodings exist. Format 1 (rows written by `etl` before migration 0009) is the row's
-//! fields as JSON. Format 2 (every row since) is computed by the server in
-//! `vault.audit_row_hash()`: each field length-prefixed, so no two rows encode alike. Both are
-//! recomputed here, so verification never trusts the database's own arithmetic.
+//! Three encodings exist. Format 1 (rows written by `etl` before migration 0009) is the row's
+//! fields as JSON. Format 2 (migrations 0009–0013) is computed by the server in
+//! `vault.audit_row_hash()`: each field length-prefixed, so no two rows encode alike. Format 3
+//! (every row since migration 0014, `vault.audit_row_hash_v3()`) hashes the format-2 hash with
+//! the governance fields: purpose, request id, note. All are recomputed here, so verification
+//! never trusts the database's own arithmetic.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -86,6 +88,40 @@ pub fn link_v2(
         }
     }
     field(&mut h, concerned.records_digest.map(hex::encode).as_deref());
+    h.finalize().into()
+}
+
+/// The fields format 3 adds: why, under which request, and what the server noted (a refusal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Governance<'a> {
+    /// The access purpose of a reveal, request or approval.
+    pub purpose: Option<&'a str>,
+    /// The two-person request an approval, execution or refusal belongs to.
+    pub request_id: Option<i64>,
+    /// Why the server refused, or the policy it set.
+    pub note: Option<&'a str>,
+}
+
+/// Domain tag of the format-3 extension.
+const FORMAT_3_TAG: &str = "piivault-audit-3";
+
+/// The hash of a format-3 row: its format-2 hash, extended by the governance fields.
+pub fn link_v3(
+    prev: &[u8],
+    fields: &AuditFields<'_>,
+    at_micros: i64,
+    concerned: Concerned<'_>,
+    governance: Governance<'_>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(link_v2(prev, fields, at_micros, concerned));
+    field(&mut h, Some(FORMAT_3_TAG));
+    field(&mut h, governance.purpose);
+    field(
+        &mut h,
+        governance.request_id.map(|id| id.to_string()).as_deref(),
+    );
+    field(&mut h, governance.note);
     h.finalize().into()
 }
 
@@ -181,5 +217,34 @@ mod tests {
         );
         assert_eq!(digest, records_digest(["m1", "m2"]), "order-independent");
         assert_ne!(digest, records_digest(["m1"]));
+    }
+
+    #[test]
+    fn format_3_binds_purpose_request_and_note() {
+        let governance = Governance {
+            purpose: Some("legal-request"),
+            request_id: Some(12),
+            note: None,
+        };
+        let f = fields("court order");
+        let base = link_v3(&[], &f, 7, Concerned::default(), governance);
+        assert_ne!(base, link_v2(&[], &f, 7, Concerned::default()));
+        for other in [
+            Governance {
+                purpose: Some("other"),
+                ..governance
+            },
+            Governance {
+                request_id: Some(13),
+                ..governance
+            },
+            Governance {
+                note: Some(""),
+                ..governance
+            },
+            Governance::default(),
+        ] {
+            assert_ne!(base, link_v3(&[], &f, 7, Concerned::default(), other));
+        }
     }
 }

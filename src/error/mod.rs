@@ -102,6 +102,11 @@ pub enum Error {
         "the audit chain is broken at {0} row(s) (listed above): rows were deleted, edited or reordered."
     )]
     AuditBroken(usize),
+    /// The vault's policy refused a reveal, a request or an approval; the refusal is audited.
+    #[error(
+        "the vault refused: {why} (audit row {audit_id}).\nSee the policy with `etl policy show`; a purpose under the two-person rule needs `etl reveal request`, approved by another login."
+    )]
+    RevealRefused { audit_id: i64, why: String },
     /// Stdout could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -149,6 +154,7 @@ impl Error {
             Error::Verify { .. } | Error::AuditBroken(_) => DATA,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
+            Error::RevealRefused { .. } => NO_PERMISSION,
         }
     }
 }

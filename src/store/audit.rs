@@ -25,12 +25,19 @@ pub struct AuditRow {
     pub records_digest: Option<Vec<u8>>,
     pub prev_hash: Option<Vec<u8>>,
     pub hash: Option<Vec<u8>>,
-    /// 1: hashed by an `etl` client (before migration 0009); 2: hashed by the server.
+    /// 1: hashed by an `etl` client (before migration 0009); 2 and 3: hashed by the server
+    /// (3 since migration 0014, with the governance fields).
     pub chain_format: i16,
+    /// The access purpose (reveals, requests, approvals, refusals).
+    pub purpose: Option<String>,
+    /// The two-person request the row belongs to.
+    pub request_id: Option<i64>,
+    /// What the server noted: why it refused, or the policy it set.
+    pub note: Option<String>,
 }
 
 const COLUMNS: &str = "id, at, db_role, actor, action, selector, user_id, ticket, reason, records,
-     subjects, records_digest, prev_hash, hash, chain_format";
+     subjects, records_digest, prev_hash, hash, chain_format, purpose, request_id, note";
 
 /// Every row since `since` (all when `None`), in chain order.
 pub async fn list(

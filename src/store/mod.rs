@@ -2,6 +2,7 @@
 //! sealed bytes and plain fields only — never keys or plaintext PII.
 
 pub mod audit;
+pub mod governance;
 pub mod jobs;
 pub mod keys;
 pub mod quarantine;

@@ -1,10 +1,12 @@
-//! `vault.login_pii` for reveal (through `vault.reveal_request()` and `reveal_rows()`) and erase. Writes happen in
-//! [`super::writer`].
+//! `vault.login_pii` for reveal (through `vault.reveal_request()` or `reveal_execute()`, then
+//! `reveal_rows()`) and erase. Writes happen in [`super::writer`]; requests, approvals and the
+//! policy in [`super::governance`].
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::StoreError;
+use crate::governance::AccessPurpose;
 
 /// One vault row: sealed originals of one message.
 #[derive(sqlx::FromRow)]
@@ -49,6 +51,8 @@ impl Selector<'_> {
 pub struct RevealRequest<'a> {
     /// Which records.
     pub selector: Selector<'a>,
+    /// The access purpose (checked by the database against the deployment's policy).
+    pub purpose: AccessPurpose,
     /// Why, verbatim.
     pub reason: &'a str,
     /// Ticket reference, if given.
@@ -57,26 +61,56 @@ pub struct RevealRequest<'a> {
     pub actor: &'a str,
 }
 
+/// What the database answered a reveal: the rows, or the policy's refusal (audited either way).
+pub enum Granted {
+    /// The audit row and the records, oldest first.
+    Rows { audit_id: i64, rows: Vec<VaultRow> },
+    /// The audit row of the refusal, and why.
+    Refused { audit_id: i64, why: String },
+}
+
 /// Reveals in two statements, each its own transaction: `vault.reveal_request()` commits the
-/// audit row and a single-use grant, then `vault.reveal_rows()` returns the selected rows, oldest
-/// first. The database serves no row before the audit row is committed. Returns the audit row's
-/// id and the rows.
-pub async fn reveal(
-    pool: &PgPool,
-    request: &RevealRequest<'_>,
-) -> Result<(i64, Vec<VaultRow>), StoreError> {
-    let (audit_id, _records): (i64, i32) =
-        sqlx::query_as("SELECT audit_id, records FROM vault.reveal_request($1, $2, $3, $4, $5)")
-            .bind(request.selector.name())
-            .bind(request.selector.value())
-            .bind(request.reason)
-            .bind(request.ticket)
-            .bind(request.actor)
+/// audit row and a single-use grant (or a refusal), then `vault.reveal_rows()` returns the
+/// selected rows. The database serves no row before the audit row is committed.
+pub async fn reveal(pool: &PgPool, request: &RevealRequest<'_>) -> Result<Granted, StoreError> {
+    let answer = sqlx::query_as(
+        "SELECT audit_id, records, refused FROM vault.reveal_request($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(request.selector.name())
+    .bind(request.selector.value())
+    .bind(request.purpose.as_str())
+    .bind(request.reason)
+    .bind(request.ticket)
+    .bind(request.actor)
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::during(
+        "auditing the reveal (vault.reveal_request())",
+    ))?;
+    rows_for(pool, answer).await
+}
+
+/// Executes an approved two-person request (`vault.reveal_execute()`), then reads its rows.
+pub async fn execute(pool: &PgPool, request_id: i64, actor: &str) -> Result<Granted, StoreError> {
+    let answer =
+        sqlx::query_as("SELECT audit_id, records, refused FROM vault.reveal_execute($1, $2)")
+            .bind(request_id)
+            .bind(actor)
             .fetch_one(pool)
             .await
             .map_err(StoreError::during(
-                "auditing the reveal (vault.reveal_request())",
+                "executing the reveal request (vault.reveal_execute())",
             ))?;
+    rows_for(pool, answer).await
+}
+
+async fn rows_for(
+    pool: &PgPool,
+    (audit_id, _records, refused): (i64, i32, Option<String>),
+) -> Result<Granted, StoreError> {
+    if let Some(why) = refused {
+        return Ok(Granted::Refused { audit_id, why });
+    }
     let rows = sqlx::query_as(
         "SELECT message_id, user_id, key_version, ip_sealed, device_id_sealed, created_at
          FROM vault.reveal_rows($1)",
@@ -87,7 +121,7 @@ pub async fn reveal(
     .map_err(StoreError::during(
         "reading the revealed rows (vault.reveal_rows())",
     ))?;
-    Ok((audit_id, rows))
+    Ok(Granted::Rows { audit_id, rows })
 }
 
 /// What `etl erase` asks the database to erase.

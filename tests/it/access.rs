@@ -1,7 +1,7 @@
 //! Access control with real login users per role, separate auditor credentials, the
 //! tamper-evident audit trail, reveal selectors and erasure.
 
-use crate::support::{DENIED, Run, Setup, attempt, sample_path};
+use crate::support::{DENIED, Run, Setup, attempt, reveal_user, sample_path};
 
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const USER_IP: &str = "199.172.111.135";
@@ -87,6 +87,8 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
     let reveal = auditor
         .run(&[
             "reveal",
+            "--purpose",
+            "fraud-investigation",
             "--user-id",
             USER,
             "--reason",
@@ -138,9 +140,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         .execute(&s.db.pool)
         .await
         .unwrap();
-    let refused = auditor
-        .run(&["reveal", "--user-id", USER, "--reason", "should not print"])
-        .await;
+    let refused = auditor.run(&reveal_user(USER, "should not print")).await;
     sqlx::query("GRANT INSERT ON vault.reveal_audit TO piivault_definer")
         .execute(&s.db.pool)
         .await
@@ -264,6 +264,8 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         &s.etl
             .run(&[
                 "reveal",
+                "--purpose",
+                "fraud-investigation",
                 "--message-id",
                 &message,
                 "--reason",
@@ -283,6 +285,8 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         &s.etl
             .run(&[
                 "reveal",
+                "--purpose",
+                "fraud-investigation",
                 "--token",
                 &token,
                 "--reason",
@@ -302,6 +306,8 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         .etl
         .run(&[
             "reveal",
+            "--purpose",
+            "fraud-investigation",
             "--user-id",
             "g1",
             "--reason",
@@ -322,6 +328,8 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         .etl
         .run(&[
             "reveal",
+            "--purpose",
+            "fraud-investigation",
             "--user-id",
             USER,
             "--message-id",
@@ -452,13 +460,7 @@ async fn erase_removes_originals_rows_and_quarantined_bodies_and_is_audited() {
 
     let after = s
         .etl
-        .run(&[
-            "reveal",
-            "--user-id",
-            "victim",
-            "--reason",
-            "after erasure check",
-        ])
+        .run(&reveal_user("victim", "after erasure check"))
         .await;
     after.ok();
     assert_eq!(after.stdout, "", "nothing left to reveal");

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{Etl, Run, Setup, TestDb, TestKek, queue_depth, send};
+use crate::support::{Etl, Run, Setup, TestDb, TestKek, queue_depth, reveal_user, send};
 
 /// Asserts a one-line error with the exit code and text.
 fn assert_error(run: &Run, code: i32, text: &str) {
@@ -240,7 +240,7 @@ async fn a_bad_key_encryption_key_is_refused_before_anything_is_read() {
     assert_error(&run, 78, "cannot unwrap the seal key v1");
     let reveal = Etl { ..s.etl.clone() }
         .with("PIIVAULT_KEK", &wrong.uri())
-        .run(&["reveal", "--user-id", "x", "--reason", "wrong kek check"])
+        .run(&reveal_user("x", "wrong kek check"))
         .await;
     assert_error(&reveal, 78, "cannot unwrap");
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Setup, produce, queue_depth, send, sigterm};
+use crate::support::{Setup, produce, queue_depth, reveal_user, send, sigterm};
 
 fn bodies(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
@@ -132,10 +132,7 @@ async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
         1
     );
     assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 0);
-    let reveal = s
-        .etl
-        .run(&["reveal", "--user-id", "poison", "--reason", "replay check"])
-        .await;
+    let reveal = s.etl.run(&reveal_user("poison", "replay check")).await;
     reveal.ok();
     assert!(reveal.stdout.contains("10.4.4.4"));
     s.db.drop_db().await;

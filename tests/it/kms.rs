@@ -1,6 +1,6 @@
 //! The AWS KMS key-encryption key, against the emulator's KMS.
 
-use crate::support::{Etl, TestDb, kms_kek, queue, sample_path};
+use crate::support::{Etl, TestDb, kms_kek, queue, reveal_user, sample_path};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
@@ -28,9 +28,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
         .json();
     assert_eq!(summary["loaded"], 99);
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
-    let reveal = etl
-        .run(&["reveal", "--user-id", user, "--reason", "kms check"])
-        .await;
+    let reveal = etl.run(&reveal_user(user, "kms check")).await;
     reveal.ok();
     assert!(
         reveal.stdout.contains("199.172.111.135"),
@@ -42,7 +40,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
     let refused = etl
         .clone()
         .with("PIIVAULT_KEK", &other)
-        .run(&["reveal", "--user-id", user, "--reason", "wrong key"])
+        .run(&reveal_user(user, "wrong key"))
         .await;
     assert!(
         refused.code == 77 || refused.code == 78,
@@ -59,7 +57,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
     let unreachable = etl
         .clone()
         .with("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-        .run(&["reveal", "--user-id", user, "--reason", "kms offline check"])
+        .run(&reveal_user(user, "kms offline check"))
         .await;
     assert_eq!(unreachable.code, 69, "{}", unreachable.stderr);
     assert!(

@@ -10,6 +10,7 @@ mod deployment;
 mod errors;
 mod failover;
 mod faults;
+mod governance;
 mod hostile;
 mod kms;
 mod liveness;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::support::{Etl, Setup};
+use crate::support::{Etl, Setup, reveal_user};
 
 /// An OSC 8 hyperlink: on a terminal it shows "click" linking to http://x.
 const OSC8: &str = "\u{1b}]8;;http://x\u{7}click\u{1b}]8;;\u{7}";
@@ -44,6 +44,8 @@ async fn reveal(s: &Setup, format: &str) -> String {
         .etl
         .run(&[
             "reveal",
+            "--purpose",
+            "fraud-investigation",
             "--user-id",
             USER,
             "--reason",
@@ -132,13 +134,7 @@ async fn table_and_csv_escape_controls_and_formulas_json_stays_exact() {
 
     // The audit list table escapes the client-supplied reason too.
     s.etl
-        .run(&[
-            "reveal",
-            "--user-id",
-            USER,
-            "--reason",
-            "=cmd|' /C calc'!A0 \u{1b}[2J check",
-        ])
+        .run(&reveal_user(USER, "=cmd|' /C calc'!A0 \u{1b}[2J check"))
         .await
         .ok();
     let audit = s.etl.run(&["audit", "list"]).await;

@@ -1,6 +1,6 @@
 //! `etl reveal`: originals back, audited before output; tampering detected, never printed.
 
-use crate::support::{Setup, sample_path};
+use crate::support::{Setup, reveal_user, sample_path};
 
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae"; // first sample login
 const USER_IP: &str = "199.172.111.135";
@@ -20,16 +20,7 @@ async fn audit_rows(s: &Setup) -> Vec<(String, String, Option<String>, String, i
 #[tokio::test(flavor = "multi_thread")]
 async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
     let s = Setup::with_sample().await;
-    let run = s
-        .etl
-        .run(&[
-            "reveal",
-            "--user-id",
-            USER,
-            "--reason",
-            "INC-42 fraud check",
-        ])
-        .await;
+    let run = s.etl.run(&reveal_user(USER, "INC-42 fraud check")).await;
     run.ok();
     let lines: Vec<serde_json::Value> = run
         .stdout
@@ -62,6 +53,8 @@ async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
         .etl
         .run(&[
             "reveal",
+            "--purpose",
+            "fraud-investigation",
             "--user-id",
             USER,
             "--reason",
@@ -87,25 +80,25 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
     let s = Setup::with_sample().await;
     let run = s
         .etl
-        .run(&[
-            "reveal",
-            "--user-id",
-            "nobody",
-            "--reason",
-            "unknown user check",
-        ])
+        .run(&reveal_user("nobody", "unknown user check"))
         .await;
     run.ok();
     assert_eq!(run.stdout, "");
     assert_eq!(audit_rows(&s).await[0].4, 0);
 
-    let missing = s.etl.run(&["reveal", "--user-id", USER]).await;
+    let missing = s
+        .etl
+        .run(&[
+            "reveal",
+            "--purpose",
+            "fraud-investigation",
+            "--user-id",
+            USER,
+        ])
+        .await;
     assert_eq!(missing.code, 64, "{}", missing.stderr);
     assert!(missing.stderr.contains("--reason"));
-    let blank = s
-        .etl
-        .run(&["reveal", "--user-id", USER, "--reason", "  "])
-        .await;
+    let blank = s.etl.run(&reveal_user(USER, "  ")).await;
     assert_eq!(blank.code, 64);
     assert!(
         blank
@@ -114,10 +107,7 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
         "{}",
         blank.stderr
     );
-    let short = s
-        .etl
-        .run(&["reveal", "--user-id", USER, "--reason", "ok"])
-        .await;
+    let short = s.etl.run(&reveal_user(USER, "ok")).await;
     assert_eq!(short.code, 64, "{}", short.stderr);
     for run in [&missing, &blank, &short] {
         assert_eq!(run.stdout, "");
@@ -143,10 +133,7 @@ async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
     .execute(&s.db.pool)
     .await
     .unwrap();
-    let run = s
-        .etl
-        .run(&["reveal", "--user-id", USER, "--reason", "integrity test"])
-        .await;
+    let run = s.etl.run(&reveal_user(USER, "integrity test")).await;
     assert_eq!(run.code, 65, "{}", run.stderr);
     assert_eq!(run.stdout, "", "nothing printed for the broken record");
     assert!(
@@ -158,10 +145,7 @@ async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
     assert!(!run.stderr.contains(OTHER_IP) && !run.stderr.contains(USER_IP));
     assert_eq!(audit_rows(&s).await.len(), 1, "the attempt is audited");
 
-    let fine = s
-        .etl
-        .run(&["reveal", "--user-id", OTHER, "--reason", "integrity test"])
-        .await;
+    let fine = s.etl.run(&reveal_user(OTHER, "integrity test")).await;
     fine.ok();
     assert!(fine.stdout.contains(OTHER_IP));
     s.db.drop_db().await;
@@ -175,10 +159,7 @@ async fn reveal_unwraps_seal_keys_only() {
         .execute(&s.db.pool)
         .await
         .unwrap();
-    let run = s
-        .etl
-        .run(&["reveal", "--user-id", USER, "--reason", "seal keys suffice"])
-        .await;
+    let run = s.etl.run(&reveal_user(USER, "seal keys suffice")).await;
     run.ok();
     assert!(run.stdout.contains(USER_IP));
     let etl_run = s

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{Etl, Run, Setup, TestDb, TestKek, kms_kek, queue, sample_path};
+use crate::support::{Etl, Run, Setup, TestDb, TestKek, kms_kek, queue, reveal_user, sample_path};
 
 /// Logins that form duplicate groups: a device shared by d1/d2, an IP by d2/d3 (two spellings).
 const SHARED: [&str; 3] = [
@@ -49,9 +49,7 @@ async fn reveal_all(
 ) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out = BTreeMap::new();
     for user in users {
-        let run = etl
-            .run(&["reveal", "--user-id", user, "--reason", "rotation test"])
-            .await;
+        let run = etl.run(&reveal_user(user, "rotation test")).await;
         log.push_str(&run.stderr);
         run.ok();
         let mut records: Vec<(String, String)> = run
@@ -456,14 +454,10 @@ async fn rewrap_file_to_kms_to_kms_to_file_leaves_data_rows_identical() {
             .await
             .unwrap();
         assert_eq!(uris, vec![next.clone()]);
-        let reveal = current
-            .run(&["reveal", "--user-id", user, "--reason", "after rewrap"])
-            .await;
+        let reveal = current.run(&reveal_user(user, "after rewrap")).await;
         reveal.ok();
         assert!(reveal.stdout.contains("199.172.111.135"));
-        let stale = old
-            .run(&["reveal", "--user-id", user, "--reason", "old kek check"])
-            .await;
+        let stale = old.run(&reveal_user(user, "old kek check")).await;
         assert_ne!(stale.code, 0, "the previous KEK no longer unwraps the keys");
         assert_eq!(stale.stdout, "");
     }
@@ -780,10 +774,7 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
             state("token", 3, "active")
         ]
     );
-    let reveal = s
-        .etl
-        .run(&["reveal", "--user-id", user, "--reason", "after runbook"])
-        .await;
+    let reveal = s.etl.run(&reveal_user(user, "after runbook")).await;
     reveal.ok();
     assert!(
         reveal.stdout.contains("199.172.111.135") && reveal.stdout.contains("\"key_version\":3")

@@ -819,3 +819,16 @@ impl StderrLog {
         self.text.lock().unwrap().clone()
     }
 }
+
+/// `etl reveal` of one user's records with the common purpose: the arguments of most reveals.
+pub fn reveal_user<'a>(user: &'a str, reason: &'a str) -> [&'a str; 7] {
+    [
+        "reveal",
+        "--purpose",
+        "fraud-investigation",
+        "--user-id",
+        user,
+        "--reason",
+        reason,
+    ]
+}

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::support::{DENIED, Setup, attempt};
+use crate::support::{DENIED, Setup, attempt, reveal_user};
 
 /// Two users sharing one device, and one user alone on another.
 const SHARED: &str = "{\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"dev-g\"}\n\
@@ -47,7 +47,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
     }
     // Only the auditor may call the reveal functions.
-    let call = "SELECT * FROM vault.reveal_request('user_id', 'g1', 'direct SQL attempt', NULL, 'mallory')";
+    let call = "SELECT * FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', 'direct SQL attempt', NULL, 'mallory')";
     assert_eq!(attempt(&etl_url, call).await, DENIED);
     assert_eq!(attempt(&analyst_url, call).await, DENIED);
     assert_eq!(attempt(&admin_url, call).await, DENIED);
@@ -61,7 +61,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     let pool = PgPool::connect(&auditor_url).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     let (audit_id,): (i64,) = sqlx::query_as(
-        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'read then roll back', NULL, 'mallory')",
+        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', 'read then roll back', NULL, 'mallory')",
     )
     .fetch_one(&mut *tx)
     .await
@@ -83,7 +83,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     assert_eq!(
         attempt(
             &auditor_url,
-            "SELECT * FROM vault.reveal_request('user_id', 'g1', E'\\t\\t\\t\\t\\t\\t\\t\\t\\t', NULL, 'x')"
+            "SELECT * FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', E'\\t\\t\\t\\t\\t\\t\\t\\t\\t', NULL, 'x')"
         )
         .await,
         "22023"
@@ -99,7 +99,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     .await
     .unwrap();
     let (audit_id, records): (i64, i32) = sqlx::query_as(
-        "SELECT audit_id, records FROM vault.reveal_request('token', $1, 'duplicate device case', 'T-9', 'mallory')",
+        "SELECT audit_id, records FROM vault.reveal_request('token', $1, 'fraud-investigation', 'duplicate device case', 'T-9', 'mallory')",
     )
     .bind(&token)
     .fetch_one(&pool)
@@ -155,7 +155,10 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
         Some(&piivault::crypto::chain::records_digest(ids)[..]),
         "the server's digest is the one etl recomputes"
     );
-    assert_eq!(audit.6, 2);
+    assert_eq!(
+        audit.6, 3,
+        "rows carry the governance fields since migration 0014"
+    );
     s.etl.run(&["audit", "verify"]).await.json();
 
     s.drop_logins(&[auditor, etl, analyst, admin]).await;
@@ -318,10 +321,7 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
         logins.push((role, s.login(role).await));
     }
     // One genuine row to attack.
-    s.etl
-        .run(&["reveal", "--user-id", "g1", "--reason", "baseline reveal"])
-        .await
-        .ok();
+    s.etl.run(&reveal_user("g1", "baseline reveal")).await.ok();
 
     for (role, (_, url)) in &logins {
         for sql in [
@@ -369,7 +369,7 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
     assert_eq!(attempt(admin_url, "TRUNCATE vault.data_keys").await, DENIED);
     let (other_auditor, other_url) = s.login("piivault_auditor").await;
     let mine: i64 = sqlx::query_scalar(
-        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'my own reveal', NULL, 'x')",
+        "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', 'my own reveal', NULL, 'x')",
     )
     .fetch_one(&PgPool::connect(auditor_url).await.unwrap())
     .await
@@ -448,6 +448,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         [
             "audit_append",
             "audit_key_change",
+            "audit_record",
             "audit_write",
             "count_not_sealed_at",
             "erase_user",
@@ -457,8 +458,16 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "job_untagged_bodies",
             "job_vault_rows",
             "lock_for_key_job",
+            "policy_set",
+            "reveal_approve",
+            "reveal_ask",
+            "reveal_execute",
+            "reveal_grant",
+            "reveal_pending",
+            "reveal_refusal",
             "reveal_request",
             "reveal_rows",
+            "reveal_select",
             "rewrite_data_keys",
             "shared_tokens"
         ]
@@ -621,9 +630,7 @@ async fn swap_vault_users(s: &Setup, a: &str, b: &str) {
 }
 
 async fn reveal(s: &Setup, user: &str) -> crate::support::Run {
-    s.etl
-        .run(&["reveal", "--user-id", user, "--reason", "binding check"])
-        .await
+    s.etl.run(&reveal_user(user, "binding check")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -914,10 +921,7 @@ async fn a_transaction_holding_the_audit_head_stalls_an_audited_command_5_s_at_m
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let stalled = s
-        .etl
-        .run(&["reveal", "--user-id", "g1", "--reason", "held head check"])
-        .await;
+    let stalled = s.etl.run(&reveal_user("g1", "held head check")).await;
     let took = started.elapsed();
     held.rollback().await.unwrap();
     assert_eq!(stalled.code, 75, "temporary, retry: {}", stalled.stderr);
@@ -930,9 +934,6 @@ async fn a_transaction_holding_the_audit_head_stalls_an_audited_command_5_s_at_m
         s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
         0
     );
-    s.etl
-        .run(&["reveal", "--user-id", "g1", "--reason", "held head check"])
-        .await
-        .ok();
+    s.etl.run(&reveal_user("g1", "held head check")).await.ok();
     s.db.drop_db().await;
 }
