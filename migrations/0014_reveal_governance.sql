@@ -257,6 +257,7 @@ CREATE OR REPLACE FUNCTION vault.reveal_grant(p_selector text, p_value text, p_p
 RETURNS TABLE (audit_id bigint, records integer, refused text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     sel record;
@@ -267,6 +268,7 @@ BEGIN
     -- Counting and recording must not interleave with another reveal: without this lock, one
     -- login running many reveals at once would pass the quota in each before any was recorded.
     -- audit_record takes the same lock; each statement after it sees every committed reveal.
+    -- Every entry point here waits at most lock_timeout (5 s, then 55P03, exit 75) for it.
     PERFORM 1 FROM vault.audit_head h WHERE h.only_row FOR UPDATE;
     SELECT * INTO sel FROM vault.reveal_select(p_selector, p_value);
     refusal := vault.reveal_refusal(p_purpose, sel.users, pg_catalog.cardinality(sel.ids),
@@ -292,6 +294,7 @@ CREATE OR REPLACE FUNCTION vault.reveal_request(p_selector text, p_value text, p
 RETURNS TABLE (audit_id bigint, records integer, refused text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 BEGIN
     PERFORM vault.reveal_check_input(p_purpose, p_reason);
@@ -307,6 +310,7 @@ CREATE OR REPLACE FUNCTION vault.reveal_ask(p_selector text, p_value text, p_pur
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     sel record;
@@ -335,6 +339,7 @@ CREATE OR REPLACE FUNCTION vault.reveal_approve(p_request bigint, p_reason text,
 RETURNS TABLE (audit_id bigint, refused text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     req vault.reveal_requests%ROWTYPE;
@@ -375,6 +380,7 @@ CREATE OR REPLACE FUNCTION vault.reveal_execute(p_request bigint, p_actor text)
 RETURNS TABLE (audit_id bigint, records integer, refused text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     req vault.reveal_requests%ROWTYPE;
@@ -433,6 +439,7 @@ CREATE OR REPLACE FUNCTION vault.policy_set(p_purposes text[], p_users_per_windo
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
 DECLARE
     pol vault.reveal_policy%ROWTYPE;

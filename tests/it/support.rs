@@ -419,14 +419,20 @@ impl Etl {
         cmd.spawn().expect("cannot start etl")
     }
 
+    /// Runs `etl` to the end; one that hangs is killed and fails the test after `RUN_LIMIT`.
     pub async fn run(&self, args: &[&str]) -> Run {
-        self.command(args)
-            .output()
+        let mut cmd = self.command(args);
+        cmd.kill_on_drop(true);
+        tokio::time::timeout(RUN_LIMIT, cmd.output())
             .await
+            .unwrap_or_else(|_| panic!("etl {} still running after {RUN_LIMIT:?}", args[0]))
             .expect("cannot start etl")
             .into()
     }
 }
+
+/// Longest any single `etl` run in a test may take: a hang fails its test instead of CI's clock.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// Sends SIGTERM to a spawned `etl` and collects its output (at most 10 s).
 pub async fn sigterm(child: tokio::process::Child) -> Run {
