@@ -29,7 +29,8 @@ pub fn os_user() -> String {
     whoami::account().unwrap_or_else(|_| "unknown".into())
 }
 
-fn timestamp(at: &DateTime<Utc>) -> String {
+/// A time as the chain and checkpoints write it: RFC 3339, microseconds, `Z`.
+pub fn timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
@@ -145,4 +146,72 @@ pub fn verify(rows: &[AuditRow], head: Option<(i64, &[u8])>) -> ChainReport {
     }
     report.head = prev.map(hex::encode);
     report
+}
+
+/// Whether the trail still holds a checkpoint's head: the row with that id, with that hash.
+/// Rows are in id order (as [`crate::store::audit::chain`] reads them).
+pub fn holds(rows: &[AuditRow], head_id: i64, head_hash: &[u8]) -> Result<(), String> {
+    if head_id == 0 {
+        return Ok(()); // checkpointed before the first row: nothing to lose
+    }
+    match rows.binary_search_by_key(&head_id, |r| r.id) {
+        Ok(i) if rows[i].hash.as_deref() == Some(head_hash) => Ok(()),
+        Ok(_) => Err(format!(
+            "row {head_id} now has another hash: the trail was rewritten after the checkpoint"
+        )),
+        Err(_) => Err(match rows.last() {
+            Some(last) if last.id < head_id => format!(
+                "row {head_id} is gone: the trail now ends at row {}, so the newest rows were deleted",
+                last.id
+            ),
+            Some(_) => format!("row {head_id} is gone: rows were deleted"),
+            None => format!("row {head_id} is gone: the trail is empty"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, hash: u8) -> AuditRow {
+        AuditRow {
+            id,
+            at: Utc::now(),
+            db_role: "auditor".into(),
+            actor: "a".into(),
+            action: "reveal".into(),
+            selector: None,
+            user_id: None,
+            ticket: None,
+            reason: "a reason given".into(),
+            records: 0,
+            subjects: None,
+            records_digest: None,
+            prev_hash: None,
+            hash: Some(vec![hash; 32]),
+            chain_format: 3,
+            purpose: None,
+            request_id: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_holds_only_while_its_row_and_hash_remain() {
+        let rows = vec![row(1, 1), row(2, 2), row(3, 3)];
+        assert_eq!(holds(&rows, 2, &[2; 32]), Ok(()));
+        assert_eq!(holds(&rows, 0, &[]), Ok(()));
+        assert!(
+            holds(&rows, 2, &[9; 32])
+                .unwrap_err()
+                .contains("another hash")
+        );
+        let tail_cut = &rows[..2];
+        let why = holds(tail_cut, 3, &[3; 32]).unwrap_err();
+        assert!(why.contains("now ends at row 2"), "{why}");
+        let gap = [row(1, 1), row(3, 3)];
+        assert!(holds(&gap, 2, &[2; 32]).unwrap_err().contains("is gone"));
+        assert!(holds(&[], 1, &[1; 32]).unwrap_err().contains("empty"));
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::kek::signer::SignerUri;
 use crate::kek::{KekError, KekUri};
 
 /// A missing or unusable setting.
@@ -71,6 +72,9 @@ pub struct Settings {
     /// `PIIVAULT_DEPLOYMENT` (or `--deployment`): the deployment data keys are wrapped for
     /// (`prod-eu1`); unset, the database's name stands in.
     pub deployment: Option<String>,
+    /// `PIIVAULT_AUDIT_SIGNER`: `kms:<key>` or `file:<path>`, the key audit checkpoints are
+    /// signed with.
+    pub audit_signer: Option<String>,
 }
 
 /// Longest deployment name accepted (a KMS encryption-context value, and an IAM condition).
@@ -82,7 +86,7 @@ fn var(name: &str) -> Option<String> {
 
 impl Settings {
     /// Reads `DATABASE_URL`, `PIIVAULT_REVEAL_DATABASE_URL`, `SQS_QUEUE_URL`, `PIIVAULT_KEK`,
-    /// `PIIVAULT_DEPLOYMENT`.
+    /// `PIIVAULT_DEPLOYMENT`, `PIIVAULT_AUDIT_SIGNER`.
     pub fn from_env() -> Settings {
         Settings {
             database_url: var("DATABASE_URL").map(DatabaseUrl),
@@ -90,6 +94,7 @@ impl Settings {
             queue_url: var("SQS_QUEUE_URL"),
             kek: var("PIIVAULT_KEK"),
             deployment: var("PIIVAULT_DEPLOYMENT"),
+            audit_signer: var("PIIVAULT_AUDIT_SIGNER"),
         }
     }
 
@@ -112,6 +117,18 @@ impl Settings {
     /// The key-encryption key URI.
     pub fn kek_uri(&self) -> Result<KekUri, KekError> {
         self.kek.as_deref().ok_or(KekError::Missing)?.parse()
+    }
+
+    /// The audit checkpoint signer, if configured.
+    pub fn audit_signer(&self) -> Result<Option<SignerUri>, ConfigError> {
+        let Some(text) = self.audit_signer.as_deref() else {
+            return Ok(None);
+        };
+        text.parse().map(Some).map_err(|()| ConfigError::Invalid {
+            var: "PIIVAULT_AUDIT_SIGNER",
+            problem: "is neither kms:<key> nor file:<path>".to_owned(),
+            hint: "Use kms:<key-id|alias|arn> (an ECC_NIST_P256 SIGN_VERIFY key) or file:<path> (made by `etl audit signer-init`).",
+        })
     }
 
     /// The configured deployment name, checked; `None` when unset (the database's name applies).

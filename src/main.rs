@@ -55,7 +55,7 @@ enum Command {
     Reveal(reveal::RevealArgs),
     /// Show or set the reveal policy: purposes, quotas, two-person rule (set is audited).
     Policy(policy::PolicyArgs),
-    /// List or verify the tamper-evident audit trail.
+    /// The tamper-evident audit trail: list, verify, export, report, signed checkpoints.
     Audit(audit::AuditArgs),
     /// Erase one user's data (right to erasure; audited).
     Erase(erase::EraseArgs),

@@ -5,6 +5,7 @@
 pub mod aead;
 mod body_tag;
 pub mod chain;
+pub mod checkpoint;
 mod keyring;
 mod seal;
 mod token;

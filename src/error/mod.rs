@@ -102,6 +102,18 @@ pub enum Error {
         "the audit chain is broken at {0} row(s) (listed above): rows were deleted, edited or reordered."
     )]
     AuditBroken(usize),
+    /// `etl audit verify --checkpoint` found checkpoints that do not hold.
+    #[error(
+        "{failed} of {total} checkpoint(s) do not hold (listed above): the trail lost or rewrote rows it had when they were signed, or a checkpoint was edited."
+    )]
+    CheckpointFailed { failed: usize, total: usize },
+    /// A file named by a flag cannot be read.
+    #[error("cannot read {flag} {path}: {source}.\nCheck the path and its permissions.")]
+    ReadFile {
+        flag: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     /// The vault's policy refused a reveal, a request or an approval; the refusal is audited.
     #[error(
         "the vault refused: {why} (audit row {audit_id}).\nSee the policy with `etl policy show`; a purpose under the two-person rule needs `etl reveal request`, approved by another login."
@@ -151,7 +163,8 @@ impl Error {
             Error::Usage(_) => USAGE,
             Error::KeysExist(_) | Error::Refused(_) => CANT_CREATE,
             Error::KeysChanging | Error::Stalled { .. } => TEMP_FAIL,
-            Error::Verify { .. } | Error::AuditBroken(_) => DATA,
+            Error::Verify { .. } | Error::AuditBroken(_) | Error::CheckpointFailed { .. } => DATA,
+            Error::ReadFile { .. } => NO_INPUT,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
             Error::RevealRefused { .. } => NO_PERMISSION,

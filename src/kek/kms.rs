@@ -81,20 +81,25 @@ impl KmsKek {
     }
 
     fn error(&self, operation: &'static str, failure: CallFailure) -> KekError {
-        let key = self.key_id.clone();
-        let detail = failure.detail;
-        match failure.fault {
-            Fault::Refused => KekError::KmsRefused {
-                operation,
-                key,
-                detail,
-            },
-            fault => KekError::KmsUnavailable {
-                operation,
-                key,
-                fault,
-                detail,
-            },
-        }
+        kms_error(operation, &self.key_id, failure)
+    }
+}
+
+/// A failed KMS call on `key` as a [`KekError`]: refused, or a failure that may pass.
+pub(super) fn kms_error(operation: &'static str, key: &str, failure: CallFailure) -> KekError {
+    let key = key.to_owned();
+    let detail = failure.detail;
+    match failure.fault {
+        Fault::Refused => KekError::KmsRefused {
+            operation,
+            key,
+            detail,
+        },
+        fault => KekError::KmsUnavailable {
+            operation,
+            key,
+            fault,
+            detail,
+        },
     }
 }

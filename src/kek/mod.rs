@@ -10,6 +10,7 @@
 
 mod kms;
 mod local;
+pub mod signer;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -137,6 +138,34 @@ pub enum KekError {
         key: String,
         detail: String,
     },
+    /// The audit signer file cannot be read or is not one `etl audit signer-init` wrote.
+    #[error(
+        "cannot use the audit signer file {path}: {detail}.\nCreate a signer with `etl audit signer-init --output {path}`, or point PIIVAULT_AUDIT_SIGNER at the right file."
+    )]
+    SignerFile { path: String, detail: String },
+    /// The signer file was made for another deployment.
+    #[error(
+        "the audit signer file {path} belongs to deployment {stored}; this etl serves {configured}.\nUse that deployment's signer file, or create one for {configured} with `etl audit signer-init`."
+    )]
+    SignerDeployment {
+        path: String,
+        stored: String,
+        configured: String,
+    },
+    /// The signer file's key does not unwrap under this KEK.
+    #[error(
+        "the audit signer file {path} does not unwrap with PIIVAULT_KEK={kek}: another key-encryption key, or the file was altered.\nSet PIIVAULT_KEK to the key the signer was created under."
+    )]
+    SignerUnwrap { path: String, kek: String },
+    /// The KMS key cannot sign checkpoints.
+    #[error(
+        "the KMS key {key} is a {spec} key for {usage}; an audit signer must be an ECC_NIST_P256 key for SIGN_VERIFY.\nCreate one with `aws kms create-key --key-spec ECC_NIST_P256 --key-usage SIGN_VERIFY` and set PIIVAULT_AUDIT_SIGNER=kms:<its id>."
+    )]
+    SignerKeySpec {
+        key: String,
+        spec: String,
+        usage: String,
+    },
 }
 
 /// What one wrapped data key is bound to: KMS `EncryptionContext`, local AAD.
@@ -211,6 +240,25 @@ impl Kek {
         self.deployment.as_deref()
     }
 
+    /// Wraps the local audit signer's seed for `deployment` (context
+    /// `{app, purpose: audit-signer, deployment}`: it never unwraps as a data key).
+    pub async fn wrap_signer_seed(
+        &self,
+        deployment: &str,
+        seed: &[u8],
+    ) -> Result<Vec<u8>, KekError> {
+        self.wrap_pairs(&signer_pairs(deployment), seed).await
+    }
+
+    /// Unwraps a signer seed wrapped by [`Kek::wrap_signer_seed`]; `None` when it does not open.
+    pub async fn unwrap_signer_seed(
+        &self,
+        deployment: &str,
+        wrapped: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
+        self.unwrap_pairs(&signer_pairs(deployment), wrapped).await
+    }
+
     /// The URI recorded next to keys this KEK wraps.
     pub fn uri(&self) -> KekUri {
         match &self.backend {
@@ -221,10 +269,28 @@ impl Kek {
 
     /// Wraps one data key, bound to `context`.
     pub async fn wrap(&self, context: &WrapContext<'_>, plain: &[u8]) -> Result<Vec<u8>, KekError> {
-        let pairs = context.pairs();
+        self.wrap_pairs(&context.pairs(), plain).await
+    }
+
+    async fn wrap_pairs(
+        &self,
+        pairs: &[(&'static str, String)],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, KekError> {
         match &self.backend {
-            Backend::Local(k) => Ok(k.wrap(&pairs, plain)),
-            Backend::Kms(k) => k.wrap(&pairs, plain).await,
+            Backend::Local(k) => Ok(k.wrap(pairs, plain)),
+            Backend::Kms(k) => k.wrap(pairs, plain).await,
+        }
+    }
+
+    async fn unwrap_pairs(
+        &self,
+        pairs: &[(&'static str, String)],
+        wrapped: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
+        match &self.backend {
+            Backend::Local(k) => Ok(k.unwrap(pairs, wrapped)),
+            Backend::Kms(k) => k.unwrap(pairs, wrapped).await,
         }
     }
 
@@ -243,12 +309,19 @@ impl Kek {
             kek: self.uri().to_string(),
             stored: stored.to_owned(),
         };
-        let pairs = context.pairs();
-        match &self.backend {
-            Backend::Local(k) => k.unwrap(&pairs, wrapped).ok_or_else(unwrap_error),
-            Backend::Kms(k) => k.unwrap(&pairs, wrapped).await?.ok_or_else(unwrap_error),
-        }
+        self.unwrap_pairs(&context.pairs(), wrapped)
+            .await?
+            .ok_or_else(unwrap_error)
     }
+}
+
+/// The wrap context of the audit signer's seed.
+fn signer_pairs(deployment: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("app", "piivault".to_owned()),
+        ("purpose", "audit-signer".to_owned()),
+        ("deployment", deployment.to_owned()),
+    ]
 }
 
 /// What to do about a KMS failure that may pass.

@@ -54,9 +54,24 @@ pub async fn list(
     .map_err(StoreError::during("reading vault.reveal_audit"))
 }
 
-/// Every row and the chain head the server keeps (`vault.audit_head`: the last id and hash it
-/// appended), read from one snapshot so a concurrent append cannot look like tampering.
-pub async fn chain(pool: &PgPool) -> Result<(Vec<AuditRow>, (i64, Vec<u8>)), StoreError> {
+/// The whole trail as one snapshot: see [`chain`].
+#[derive(Debug)]
+pub struct ChainSnapshot {
+    /// Every row, in chain order.
+    pub rows: Vec<AuditRow>,
+    /// The head the server keeps (`vault.audit_head`): the last id it appended ...
+    pub head_id: i64,
+    /// ... and that row's hash (empty before the first row).
+    pub head_hash: Vec<u8>,
+    /// The snapshot's time, the database's clock.
+    pub at: DateTime<Utc>,
+    /// `current_database()`: the default deployment name.
+    pub database: String,
+}
+
+/// Every row and the chain head, read from one snapshot so a concurrent append cannot look
+/// like tampering.
+pub async fn chain(pool: &PgPool) -> Result<ChainSnapshot, StoreError> {
     let during = StoreError::during;
     let mut tx = pool
         .begin()
@@ -66,10 +81,12 @@ pub async fn chain(pool: &PgPool) -> Result<(Vec<AuditRow>, (i64, Vec<u8>)), Sto
         .execute(&mut *tx)
         .await
         .map_err(during("starting a snapshot of the audit trail"))?;
-    let head = sqlx::query_as("SELECT id, hash FROM vault.audit_head WHERE only_row")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(during("reading vault.audit_head"))?;
+    let (head_id, head_hash, at, database) = sqlx::query_as(
+        "SELECT id, hash, now(), current_database()::text FROM vault.audit_head WHERE only_row",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(during("reading vault.audit_head"))?;
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM vault.reveal_audit ORDER BY id"
     )))
@@ -79,5 +96,102 @@ pub async fn chain(pool: &PgPool) -> Result<(Vec<AuditRow>, (i64, Vec<u8>)), Sto
     tx.commit()
         .await
         .map_err(during("ending the audit snapshot"))?;
-    Ok((rows, head))
+    Ok(ChainSnapshot {
+        rows,
+        head_id,
+        head_hash,
+        at,
+        database,
+    })
+}
+
+/// `current_database()`: the default deployment name.
+pub async fn database_name(pool: &PgPool) -> Result<String, StoreError> {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::during("reading the database name"))
+}
+
+/// Up to `limit` rows with id above `after_id` (and at or after `since`), in id order: one page
+/// of an export that a reader resumes by id.
+pub async fn page(
+    pool: &PgPool,
+    after_id: i64,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM vault.reveal_audit
+         WHERE id > $1 AND ($2::timestamptz IS NULL OR at >= $2) ORDER BY id LIMIT $3"
+    )))
+    .bind(after_id)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::during("reading vault.reveal_audit"))
+}
+
+/// How the access report groups rows.
+#[derive(Debug, Clone, Copy)]
+pub enum AccessBy {
+    /// The database login (`session_user`) that wrote the row.
+    Login,
+    /// The access purpose.
+    Purpose,
+}
+
+/// Reveals, requests, approvals and refusals of one login or purpose.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AccessGroup {
+    /// The login or purpose (`-` for rows without one).
+    pub key: String,
+    /// Reveals that returned records (`reveal` rows).
+    pub reveals: i64,
+    /// Records those reveals returned.
+    pub records: i64,
+    /// Distinct users whose records they returned.
+    pub users: i64,
+    /// Reveals the policy refused.
+    pub refusals: i64,
+    /// Two-person requests made.
+    pub requests: i64,
+    /// Approvals given.
+    pub approvals: i64,
+}
+
+/// Who looked at what since `since`: one group per login or purpose, busiest first.
+pub async fn access(
+    pool: &PgPool,
+    by: AccessBy,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<AccessGroup>, StoreError> {
+    sqlx::query_as(
+        "WITH a AS (
+             SELECT action, records, subjects,
+                    CASE WHEN $1 THEN db_role ELSE coalesce(purpose, '-') END AS key
+             FROM vault.reveal_audit
+             WHERE ($2::timestamptz IS NULL OR at >= $2)
+               AND action IN ('reveal', 'reveal-refused', 'reveal-request', 'reveal-approve')
+         ), users AS (
+             SELECT a.key, count(DISTINCT u) AS users
+             FROM a CROSS JOIN LATERAL unnest(a.subjects) AS u
+             WHERE a.action = 'reveal' GROUP BY a.key
+         )
+         SELECT a.key,
+                count(*) FILTER (WHERE a.action = 'reveal') AS reveals,
+                coalesce(sum(a.records) FILTER (WHERE a.action = 'reveal'), 0)::bigint AS records,
+                coalesce(max(users.users), 0) AS users,
+                count(*) FILTER (WHERE a.action = 'reveal-refused') AS refusals,
+                count(*) FILTER (WHERE a.action = 'reveal-request') AS requests,
+                count(*) FILTER (WHERE a.action = 'reveal-approve') AS approvals
+         FROM a LEFT JOIN users USING (key)
+         GROUP BY a.key ORDER BY reveals DESC, refusals DESC, a.key",
+    )
+    .bind(matches!(by, AccessBy::Login))
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::during("summarising vault.reveal_audit"))
 }

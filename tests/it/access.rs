@@ -1,7 +1,7 @@
 //! Access control with real login users per role, separate auditor credentials, the
 //! tamper-evident audit trail, reveal selectors and erasure.
 
-use crate::support::{DENIED, Run, Setup, attempt, reveal_user, sample_path};
+use crate::support::{DENIED, Setup, attempt, reveal_user, sample_path};
 
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const USER_IP: &str = "199.172.111.135";
@@ -227,14 +227,6 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
     s.db.drop_db().await;
 }
 
-fn json_lines(run: &Run) -> Vec<serde_json::Value> {
-    run.ok();
-    run.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn selectors_formats_and_a_chain_that_shows_tampering() {
     let s = Setup::new().await;
@@ -260,19 +252,19 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
             .fetch_one(&s.db.pool)
             .await
             .unwrap();
-    let one = json_lines(
-        &s.etl
-            .run(&[
-                "reveal",
-                "--purpose",
-                "fraud-investigation",
-                "--message-id",
-                &message,
-                "--reason",
-                "message check",
-            ])
-            .await,
-    );
+    let one = s
+        .etl
+        .run(&[
+            "reveal",
+            "--purpose",
+            "fraud-investigation",
+            "--message-id",
+            &message,
+            "--reason",
+            "message check",
+        ])
+        .await
+        .json_lines();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0]["ip"], USER_IP);
 
@@ -281,19 +273,19 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
             .fetch_one(&s.db.pool)
             .await
             .unwrap();
-    let group = json_lines(
-        &s.etl
-            .run(&[
-                "reveal",
-                "--purpose",
-                "fraud-investigation",
-                "--token",
-                &token,
-                "--reason",
-                "duplicate device case",
-            ])
-            .await,
-    );
+    let group = s
+        .etl
+        .run(&[
+            "reveal",
+            "--purpose",
+            "fraud-investigation",
+            "--token",
+            &token,
+            "--reason",
+            "duplicate device case",
+        ])
+        .await
+        .json_lines();
     let users: Vec<&str> = group
         .iter()
         .map(|v| v["user_id"].as_str().unwrap())
@@ -347,7 +339,7 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         (Some(3), Some(0))
     );
     let list = s.etl.run(&["audit", "list", "--format", "json"]).await;
-    let entries = json_lines(&list);
+    let entries = list.json_lines();
     assert_eq!(entries.len(), 3);
     assert_eq!(entries[1]["selector"], format!("token={token}"));
     assert!(!list.stdout.contains(USER_IP) && !list.stdout.contains("dev-g"));

@@ -4,18 +4,11 @@
 
 use sqlx::PgPool;
 
-use crate::support::{Etl, Setup, attempt};
+use crate::support::{Etl, Setup, attempt, two_logins_each};
 
 /// Five users, two logins each (`u1`..`u5`).
 fn logins() -> String {
-    (1..=5)
-        .flat_map(|u| {
-            (0..2).map(move |i| {
-                format!(r#"{{"user_id":"u{u}","ip":"10.8.{u}.{i}","device_id":"dev-{u}-{i}"}}"#)
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    two_logins_each("u", 8, "dev")
 }
 
 /// `etl` as a login holding only `group`, for the reveal commands.

@@ -4,6 +4,8 @@
 mod support;
 
 mod access;
+mod audit_report;
+mod checkpoint;
 mod commands;
 mod deploy;
 mod deployment;

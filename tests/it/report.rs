@@ -5,12 +5,7 @@ use crate::support::{Etl, Setup};
 async fn groups(etl: &Etl, args: &[&str]) -> Vec<serde_json::Value> {
     let mut full = vec!["report", "duplicates", "--format", "json"];
     full.extend_from_slice(args);
-    let run = etl.run(&full).await;
-    run.ok()
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    etl.run(&full).await.json_lines()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -351,6 +351,21 @@ impl Run {
         serde_json::from_str(self.stdout.lines().last().expect("no output")).unwrap()
     }
 
+    /// Asserts success and parses every stdout line as JSON.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Parses the last stdout line as JSON, whatever the exit code (a failing verify's summary).
+    pub fn json_line(&self) -> serde_json::Value {
+        let last = self.stdout.lines().last();
+        serde_json::from_str(last.unwrap_or_else(|| panic!("no output: {}", self.stderr))).unwrap()
+    }
+
     pub fn ok(&self) -> &Run {
         assert_eq!(
             self.code, 0,
@@ -397,6 +412,7 @@ impl Etl {
             "PIIVAULT_KEK",
             "PIIVAULT_DEPLOYMENT",
             "PIIVAULT_REVEAL_DATABASE_URL",
+            "PIIVAULT_AUDIT_SIGNER",
             "RUST_LOG",
         ] {
             cmd.env_remove(name);
@@ -429,6 +445,21 @@ impl Etl {
             .expect("cannot start etl")
             .into()
     }
+}
+
+/// Five users (`{user}1`..`{user}5`), two logins each, with IPs `10.{net}.u.i` and devices
+/// `{device}-u-i`, as JSON lines.
+pub fn two_logins_each(user: &str, net: u8, device: &str) -> String {
+    (1..=5)
+        .flat_map(|u| {
+            (0..2).map(move |i| {
+                format!(
+                    r#"{{"user_id":"{user}{u}","ip":"10.{net}.{u}.{i}","device_id":"{device}-{u}-{i}"}}"#
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Longest any single `etl` run in a test may take: a hang fails its test instead of CI's clock.

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
+use super::row_json;
 use crate::commands::output::cell;
 use crate::commands::{Context, print_line};
 use crate::error::Error;
@@ -38,14 +38,9 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<(), Error> {
     }
     let dash = || "-".to_owned();
     for r in &rows {
-        let at = r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = crate::audit::timestamp(&r.at);
         match args.format {
-            ListFormat::Json => print_line(
-                &json!({"id": r.id, "at": at, "db_role": r.db_role, "actor": r.actor, "action": r.action,
-                        "selector": r.selector, "purpose": r.purpose, "request_id": r.request_id,
-                        "ticket": r.ticket, "reason": r.reason, "records": r.records, "note": r.note})
-                .to_string(),
-            )?,
+            ListFormat::Json => print_line(&row_json(r).to_string())?,
             ListFormat::Table => print_line(&format!(
                 "{:>6}  {:<27} {:<16} {:<12} {:<14} {:<20} {:>7} {:>7}  {:<14} {} / {} / {}",
                 r.id,
