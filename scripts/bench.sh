@@ -15,9 +15,11 @@
 #      time, INSERT + COMMIT per row) on the same queue;
 #   6. criterion micro-benchmarks: decode, token, seal, decode+protect per event.
 # Prints markdown tables and writes target/bench/results.json. BENCH_PHASES picks phases
-# (default: "backfill keys reveal sqs model micro status"); sizes as below. The reveal phase times
+# (default: "backfill keys reveal audit sqs model micro status"); sizes as below. The reveal phase times
 # `etl reveal` of one user with BENCH_REVEAL (1,000) records among BENCH_EVENTS others, end to end
 # and its two statements alone (`vault.reveal_request()` + `reveal_rows()`; median of 5 runs each).
+# The audit phase times `audit verify`, `checkpoint`, `verify --checkpoint`, `export` and `report`
+# on a trail of BENCH_AUDIT (100,000) rows, with each command's own peak RSS.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$PIIVAULT_ROOT"
@@ -27,7 +29,7 @@ small=${BENCH_SMALL:-10000}
 messages=${BENCH_MESSAGES:-20000}
 latency=${BENCH_LATENCY_MS:-20}
 concurrency=${BENCH_CONCURRENCY:-8}
-phases=" ${BENCH_PHASES:-backfill keys reveal sqs model micro status} "
+phases=" ${BENCH_PHASES:-backfill keys reveal audit sqs model micro status} "
 want() { [[ $phases == *" $1 "* ]]; }
 out=target/bench
 mkdir -p "$out"
@@ -153,6 +155,50 @@ for _ in range(5):
 row = {"name": f"reveal ({n} records)", "records": n,
        "etl_reveal_s": round(statistics.median(t for t, _ in runs), 3),
        "statement_s": round(statistics.median(statement), 4)}
+open(path, "a").write(json.dumps(row) + "\n")
+PY
+fi
+
+if want audit; then
+echo "audit trail" >&2
+audit_n=${BENCH_AUDIT:-100000}
+fresh_db piivault_bench_audit
+# The trail, appended by the server's own function (as the owner), 2,000 rows per transaction:
+# one transaction that moves the head row a million times walks ever longer version chains.
+for ((done = 0; done < audit_n; done += 2000)); do
+  psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -qAtc "SELECT count(vault.audit_record('verify', 'all', NULL,
+    NULL, 'benchmark trail row', 'bench', 0, NULL, NULL, NULL, NULL, NULL))
+    FROM generate_series(1, least(2000, $audit_n - $done))" >/dev/null
+done
+signer="$out/audit-signer.json"
+rm -f "$signer"
+$etl audit signer-init --output "$signer" >/dev/null
+python3 - "$results" "$etl" "$audit_n" "$signer" "$out" <<'PY'
+import json, os, subprocess, sys, time
+path, etl, n, signer, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+env = dict(os.environ, PIIVAULT_AUDIT_SIGNER=f"file:{signer}")
+def run(args, stdout_path):
+    """Wall seconds and this process's own peak RSS (MiB); stdout to a file."""
+    with open(stdout_path, "w") as sink:
+        start = time.monotonic()
+        child = subprocess.Popen([etl, *args], stdout=sink, stderr=subprocess.PIPE, env=env)
+        err = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.monotonic() - start
+    if status != 0:
+        sys.exit(f"bench audit: etl {' '.join(args)} failed ({status}): {err.decode()[-400:]}")
+    return round(wall, 3), round(usage.ru_maxrss / 1024, 1)
+verify_s, verify_rss = run(["audit", "verify"], f"{out}/audit-verify.json")
+checkpoint_s, _ = run(["audit", "checkpoint"], f"{out}/audit-checkpoints.jsonl")
+checked_s, _ = run(["audit", "verify", "--checkpoint", f"{out}/audit-checkpoints.jsonl"], f"{out}/audit-checked.json")
+export_s, export_rss = run(["audit", "export"], f"{out}/audit-export.jsonl")
+with open(f"{out}/audit-export.jsonl") as f:
+    exported = sum(1 for _ in f)
+assert exported == n, f"export wrote {exported} rows, the trail holds {n}"
+report_s, _ = run(["audit", "report", "--by", "login", "--format", "json"], f"{out}/audit-report.jsonl")
+row = {"name": f"audit trail ({n} rows)", "rows": n, "verify_s": verify_s, "verify_rss_mib": verify_rss,
+       "checkpoint_s": checkpoint_s, "verify_checkpoint_s": checked_s, "export_s": export_s,
+       "export_rows_per_s": round(n / export_s), "export_rss_mib": export_rss, "report_s": report_s}
 open(path, "a").write(json.dumps(row) + "\n")
 PY
 fi

@@ -65,6 +65,15 @@ for r in find("reveal ("):
     print("|---|---:|---:|---:|")
     print(f"| {r['name']} | {r['records']:,} | {r['etl_reveal_s']} | {r['statement_s']} |")
 
+for r in find("audit trail ("):
+    print("\n### Audit trail\n")
+    print("| trail rows | `audit verify` s | its RSS MiB | `audit checkpoint` s | `verify --checkpoint` s "
+          "| `audit export` s | rows/s | its RSS MiB | `audit report` s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {r['rows']:,} | {r['verify_s']} | {r['verify_rss_mib']} | {r['checkpoint_s']} | "
+          f"{r['verify_checkpoint_s']} | {r['export_s']} | {fmt(r['export_rows_per_s'])} | "
+          f"{r['export_rss_mib']} | {r['report_s']} |")
+
 ideal, drain = one("ideal consumer"), one("etl run --drain")
 if ideal or drain:
     print("\n### SQS on the emulator (bounded by the emulator, see docs/ARCHITECTURE.md)\n")

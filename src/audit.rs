@@ -96,27 +96,35 @@ pub struct ChainReport {
     pub head: Option<String>,
 }
 
-/// Recomputes every link in id order; `head` is the server's record of the last row appended
-/// (`vault.audit_head`), which shows a deletion of the newest rows.
-pub fn verify(rows: &[AuditRow], head: Option<(i64, &[u8])>) -> ChainReport {
-    let mut report = ChainReport {
-        rows: rows.len(),
-        ..ChainReport::default()
-    };
-    let mut prev: Option<&[u8]> = None;
-    for row in rows {
+/// Checks the chain one row at a time, in id order, so a trail of any length is verified in
+/// constant memory.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    report: ChainReport,
+    /// The last chained row's hash.
+    prev: Option<Vec<u8>>,
+    /// The last row's id and hash (empty when it has none).
+    last: Option<(i64, Vec<u8>)>,
+}
+
+impl ChainCheck {
+    /// Checks the next row.
+    pub fn push(&mut self, row: &AuditRow) {
+        let report = &mut self.report;
+        report.rows += 1;
+        self.last = Some((row.id, row.hash.clone().unwrap_or_default()));
         let Some(hash) = row.hash.as_deref() else {
-            if prev.is_some() {
+            if self.prev.is_some() {
                 report
                     .broken
                     .push((row.id, "row without a hash after the chain started"));
             } else {
                 report.unchained += 1;
             }
-            continue;
+            return;
         };
         let claimed_prev = row.prev_hash.as_deref().unwrap_or_default();
-        if claimed_prev != prev.unwrap_or_default() {
+        if claimed_prev != self.prev.as_deref().unwrap_or_default() {
             report.broken.push((
                 row.id,
                 "the previous row was deleted, replaced or reordered",
@@ -127,52 +135,69 @@ pub fn verify(rows: &[AuditRow], head: Option<(i64, &[u8])>) -> ChainReport {
             Some(_) => report.broken.push((row.id, "the row was edited")),
             None => report.broken.push((row.id, "unknown chain format")),
         }
-        prev = Some(hash);
+        self.prev = Some(hash.to_vec());
     }
-    if let Some((head_id, head_hash)) = head {
-        let last = rows
-            .last()
-            .map(|r| (r.id, r.hash.as_deref().unwrap_or_default()));
-        let matches = match last {
-            Some((id, hash)) => id == head_id && hash == head_hash,
-            None => head_id == 0,
-        };
-        if !matches {
-            report.broken.push((
-                head_id,
-                "the newest rows were deleted or added outside vault.audit_append()",
-            ));
+
+    /// The id of the last row pushed.
+    pub fn last_id(&self) -> Option<i64> {
+        self.last.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Ends the check; `head` is the server's record of the last row appended
+    /// (`vault.audit_head`), which shows a deletion of the newest rows.
+    pub fn finish(mut self, head: Option<(i64, &[u8])>) -> ChainReport {
+        if let Some((head_id, head_hash)) = head {
+            let matches = match &self.last {
+                Some((id, hash)) => *id == head_id && hash == head_hash,
+                None => head_id == 0,
+            };
+            if !matches {
+                self.report.broken.push((
+                    head_id,
+                    "the newest rows were deleted or added outside vault.audit_append()",
+                ));
+            }
         }
+        self.report.head = self.prev.as_deref().map(hex::encode);
+        self.report
     }
-    report.head = prev.map(hex::encode);
-    report
 }
 
-/// Whether the trail still holds a checkpoint's head: the row with that id, with that hash.
-/// Rows are in id order (as [`crate::store::audit::chain`] reads them).
-pub fn holds(rows: &[AuditRow], head_id: i64, head_hash: &[u8]) -> Result<(), String> {
+/// Whether the trail still holds a checkpoint's head: `found` is the hash now stored in row
+/// `head_id` (`None`: no such row), `last_id` the trail's last id.
+pub fn holds(
+    found: Option<&[u8]>,
+    last_id: Option<i64>,
+    head_id: i64,
+    head_hash: &[u8],
+) -> Result<(), String> {
     if head_id == 0 {
         return Ok(()); // checkpointed before the first row: nothing to lose
     }
-    match rows.binary_search_by_key(&head_id, |r| r.id) {
-        Ok(i) if rows[i].hash.as_deref() == Some(head_hash) => Ok(()),
-        Ok(_) => Err(format!(
+    match (found, last_id) {
+        (Some(hash), _) if hash == head_hash => Ok(()),
+        (Some(_), _) => Err(format!(
             "row {head_id} now has another hash: the trail was rewritten after the checkpoint"
         )),
-        Err(_) => Err(match rows.last() {
-            Some(last) if last.id < head_id => format!(
-                "row {head_id} is gone: the trail now ends at row {}, so the newest rows were deleted",
-                last.id
-            ),
-            Some(_) => format!("row {head_id} is gone: rows were deleted"),
-            None => format!("row {head_id} is gone: the trail is empty"),
-        }),
+        (None, Some(last)) if last < head_id => Err(format!(
+            "row {head_id} is gone: the trail now ends at row {last}, so the newest rows were deleted"
+        )),
+        (None, Some(_)) => Err(format!("row {head_id} is gone: rows were deleted")),
+        (None, None) => Err(format!("row {head_id} is gone: the trail is empty")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verify(rows: &[AuditRow], head: Option<(i64, &[u8])>) -> ChainReport {
+        let mut check = ChainCheck::default();
+        for row in rows {
+            check.push(row);
+        }
+        check.finish(head)
+    }
 
     fn row(id: i64, hash: u8) -> AuditRow {
         AuditRow {
@@ -199,19 +224,41 @@ mod tests {
 
     #[test]
     fn a_checkpoint_holds_only_while_its_row_and_hash_remain() {
-        let rows = vec![row(1, 1), row(2, 2), row(3, 3)];
-        assert_eq!(holds(&rows, 2, &[2; 32]), Ok(()));
-        assert_eq!(holds(&rows, 0, &[]), Ok(()));
+        assert_eq!(holds(Some(&[2; 32]), Some(3), 2, &[2; 32]), Ok(()));
+        assert_eq!(holds(None, None, 0, &[]), Ok(()));
         assert!(
-            holds(&rows, 2, &[9; 32])
+            holds(Some(&[9; 32]), Some(3), 2, &[2; 32])
                 .unwrap_err()
                 .contains("another hash")
         );
-        let tail_cut = &rows[..2];
-        let why = holds(tail_cut, 3, &[3; 32]).unwrap_err();
+        let why = holds(None, Some(2), 3, &[3; 32]).unwrap_err();
         assert!(why.contains("now ends at row 2"), "{why}");
-        let gap = [row(1, 1), row(3, 3)];
-        assert!(holds(&gap, 2, &[2; 32]).unwrap_err().contains("is gone"));
-        assert!(holds(&[], 1, &[1; 32]).unwrap_err().contains("empty"));
+        assert!(
+            holds(None, Some(3), 2, &[2; 32])
+                .unwrap_err()
+                .contains("rows were deleted")
+        );
+        assert!(
+            holds(None, None, 1, &[1; 32])
+                .unwrap_err()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn unchained_rows_are_counted_and_a_cut_tail_shows_at_the_head() {
+        // Unchained rows (hash None) count as such, then the head check alone sees a cut tail.
+        let mut rows = vec![row(1, 1), row(2, 2)];
+        for r in &mut rows {
+            r.hash = None;
+        }
+        let report = verify(&rows, Some((2, &[])));
+        assert_eq!(
+            (report.rows, report.unchained, report.broken.len()),
+            (2, 2, 0)
+        );
+        let cut = verify(&rows[..1], Some((2, &[])));
+        assert_eq!(cut.broken.len(), 1, "{:?}", cut.broken);
+        assert!(cut.broken[0].1.contains("newest rows were deleted"));
     }
 }

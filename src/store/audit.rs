@@ -54,24 +54,28 @@ pub async fn list(
     .map_err(StoreError::during("reading vault.reveal_audit"))
 }
 
-/// The whole trail as one snapshot: see [`chain`].
+/// The server's head and the snapshot's context, as [`chain`] read them.
 #[derive(Debug)]
-pub struct ChainSnapshot {
-    /// Every row, in chain order.
-    pub rows: Vec<AuditRow>,
+pub struct ChainHead {
     /// The head the server keeps (`vault.audit_head`): the last id it appended ...
     pub head_id: i64,
     /// ... and that row's hash (empty before the first row).
     pub head_hash: Vec<u8>,
     /// The snapshot's time, the database's clock.
     pub at: DateTime<Utc>,
-    /// `current_database()`: the default deployment name.
+    /// The database's name: the default deployment name.
     pub database: String,
 }
 
-/// Every row and the chain head, read from one snapshot so a concurrent append cannot look
-/// like tampering.
-pub async fn chain(pool: &PgPool) -> Result<ChainSnapshot, StoreError> {
+/// Rows per query while reading the chain: memory stays flat whatever the trail's length.
+const CHAIN_PAGE: i64 = 5000;
+
+/// Reads the head and every row from one snapshot (so a concurrent append cannot look like
+/// tampering), handing the rows to `each` in id order, a page at a time.
+pub async fn chain(
+    pool: &PgPool,
+    mut each: impl FnMut(&AuditRow),
+) -> Result<ChainHead, StoreError> {
     let during = StoreError::during;
     let mut tx = pool
         .begin()
@@ -87,17 +91,26 @@ pub async fn chain(pool: &PgPool) -> Result<ChainSnapshot, StoreError> {
     .fetch_one(&mut *tx)
     .await
     .map_err(during("reading vault.audit_head"))?;
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM vault.reveal_audit ORDER BY id"
-    )))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(during("reading vault.reveal_audit"))?;
+    let mut after = i64::MIN;
+    loop {
+        let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM vault.reveal_audit WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(CHAIN_PAGE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(during("reading vault.reveal_audit"))?;
+        rows.iter().for_each(&mut each);
+        match rows.last() {
+            Some(last) if rows.len() as i64 == CHAIN_PAGE => after = last.id,
+            _ => break,
+        }
+    }
     tx.commit()
         .await
         .map_err(during("ending the audit snapshot"))?;
-    Ok(ChainSnapshot {
-        rows,
+    Ok(ChainHead {
         head_id,
         head_hash,
         at,

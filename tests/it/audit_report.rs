@@ -123,18 +123,21 @@ async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
     let (auditor, url) = s.login("piivault_auditor").await;
     let etl: Etl = s.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &url);
     etl.run(&reveal("r1", "fraud-investigation")).await.ok();
-    // 2,100 more rows, appended by the server's own function (as the owner), so the export
-    // crosses page boundaries.
-    sqlx::query(
-        "SELECT vault.audit_record('verify', 'all', NULL, NULL, 'bulk rows for paging', 'test',
-                0, NULL, NULL, NULL, NULL, NULL) FROM generate_series(1, 2100)",
-    )
-    .execute(&s.db.pool)
-    .await
-    .unwrap();
+    // 5,100 more rows, appended by the server's own function (as the owner), so the export
+    // (1,000 rows a page) and the chain check (5,000) both cross page boundaries.
+    for n in [2000, 2000, 1100] {
+        sqlx::query(
+            "SELECT vault.audit_record('verify', 'all', NULL, NULL, 'bulk rows for paging', 'test',
+                    0, NULL, NULL, NULL, NULL, NULL) FROM generate_series(1, $1)",
+        )
+        .bind(n)
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    }
     etl.run(&reveal("r2", "legal-request")).await.ok();
     let total = s.db.count("SELECT count(*) FROM vault.reveal_audit").await;
-    assert_eq!(total, 2102);
+    assert_eq!(total, 5102);
 
     let all = etl.run(&["audit", "export"]).await.json_lines();
     assert_eq!(all.len() as i64, total);
@@ -147,29 +150,50 @@ async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
     assert_eq!(all[0]["purpose"], "fraud-investigation");
     assert_eq!(all[0]["subjects"], serde_json::json!(["r1"]));
     assert_eq!(all[0]["hash"].as_str().unwrap().len(), 64);
-    assert_eq!(all[2101]["purpose"], "legal-request");
+    assert_eq!(all[5101]["purpose"], "legal-request");
     let text = serde_json::to_string(&all).unwrap();
     assert!(
         !text.contains("10.6.") && !text.contains("rdev-"),
         "no revealed value"
     );
 
-    // Resume after the 1,500th row: exactly the rest.
-    let cut = ids[1499].to_string();
+    // Resume after the 3,500th row: exactly the rest.
+    let cut = ids[3499].to_string();
     let rest = etl
         .run(&["audit", "export", "--after-id", &cut])
         .await
         .json_lines();
-    assert_eq!(rest, all[1500..].to_vec());
-    let since = all[2101]["at"].as_str().unwrap().to_owned();
+    assert_eq!(rest, all[3500..].to_vec());
+    let since = all[5101]["at"].as_str().unwrap().to_owned();
     let newest = etl
         .run(&["audit", "export", "--since", &since])
         .await
         .json_lines();
     assert_eq!(newest.last(), all.last());
     assert!(newest.len() < 10, "{}", newest.len());
-    // The export reads; the trail still verifies.
-    assert_eq!(etl.run(&["audit", "verify"]).await.json()["broken"], 0);
+    // The export reads; the trail still verifies, across the chain check's pages...
+    let verified = etl.run(&["audit", "verify"]).await.json();
+    assert_eq!(
+        (verified["rows"].as_i64(), verified["broken"].as_i64()),
+        (Some(5102), Some(0))
+    );
+    // ...and an edit on its second page shows.
+    let mut owner = s.db.pool.acquire().await.unwrap();
+    for sql in [
+        "SET session_replication_role = replica",
+        "UPDATE vault.reveal_audit SET reason = 'nothing to see here' WHERE id = 5050",
+        "RESET session_replication_role",
+    ] {
+        sqlx::query(sql).execute(&mut *owner).await.unwrap();
+    }
+    drop(owner);
+    let edited = etl.run(&["audit", "verify"]).await;
+    assert_eq!(edited.code, 65, "{}", edited.stderr);
+    assert!(
+        edited.stderr.contains("audit row 5050: the row was edited"),
+        "{}",
+        edited.stderr
+    );
     s.drop_logins(&[auditor]).await;
     s.db.drop_db().await;
 }

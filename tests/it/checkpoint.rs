@@ -208,10 +208,12 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
         .execute(&mut *owner)
         .await
         .unwrap();
-    sqlx::query("UPDATE vault.reveal_audit SET reason = 'nothing to see here' WHERE id = 1")
-        .execute(&mut *owner)
-        .await
-        .unwrap();
+    for sql in [
+        "UPDATE vault.reveal_audit SET reason = 'nothing to see here' WHERE id = 1",
+        "RESET session_replication_role",
+    ] {
+        sqlx::query(sql).execute(&mut *owner).await.unwrap();
+    }
     drop(owner);
     let unsigned = etl.run(&["audit", "checkpoint"]).await;
     assert_eq!(unsigned.code, 65, "{}", unsigned.stderr);

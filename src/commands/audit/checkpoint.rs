@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{deployment, log_breaks, open_signer};
-use crate::audit;
+use crate::audit::{self, ChainCheck};
 use crate::commands::{Context, print_line};
 use crate::crypto::checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::error::Error;
@@ -16,25 +16,26 @@ pub struct CheckpointArgs {}
 /// Verifies the chain (a broken one is never signed), signs its head and prints the line.
 pub async fn run(_args: CheckpointArgs, ctx: &Context) -> Result<(), Error> {
     let pool = ctx.auditor_pool().await?;
-    let snap = store::audit::chain(&pool).await?;
-    let report = audit::verify(&snap.rows, Some((snap.head_id, &snap.head_hash)));
+    let mut check = ChainCheck::default();
+    let head = store::audit::chain(&pool, |row| check.push(row)).await?;
+    let report = check.finish(Some((head.head_id, &head.head_hash)));
     if !report.broken.is_empty() {
         log_breaks(&report);
         return Err(Error::AuditBroken(report.broken.len()));
     }
-    let deployment = deployment(ctx, snap.database)?;
+    let deployment = deployment(ctx, head.database)?;
     let signer = open_signer(ctx, &deployment).await?;
     let checkpoint = Checkpoint {
         deployment,
-        head_id: snap.head_id,
-        head_hash: snap.head_hash,
-        at: audit::timestamp(&snap.at),
+        head_id: head.head_id,
+        head_hash: head.head_hash,
+        at: audit::timestamp(&head.at),
     };
     let signature = signer.sign(&checkpoint.message()).await?;
     tracing::info!(
         head_id = checkpoint.head_id,
         "signed a checkpoint of {} audit rows; keep the line somewhere this database's owner cannot write",
-        snap.rows.len()
+        report.rows
     );
     let signed = SignedCheckpoint {
         checkpoint,

@@ -1,18 +1,18 @@
 //! `etl audit verify`: recompute the hash chain, check it ends at the server's head, and check
-//! signed checkpoints against it (`--checkpoint`).
+//! signed checkpoints against it (`--checkpoint`). The trail is read a page at a time.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
 
 use super::{deployment, log_breaks, open_signer};
-use crate::audit;
+use crate::audit::{self, ChainCheck};
 use crate::commands::{Context, print_line};
-use crate::crypto::checkpoint::{PublicKey, SignedCheckpoint};
+use crate::crypto::checkpoint::{CheckpointError, PublicKey, SignedCheckpoint};
 use crate::error::Error;
 use crate::store;
-use crate::store::audit::ChainSnapshot;
 
 /// `etl audit verify [--checkpoint FILE [--public-key FILE]]`.
 #[derive(Debug, Args)]
@@ -27,89 +27,117 @@ pub struct VerifyArgs {
     public_key: Option<PathBuf>,
 }
 
+/// One line of a checkpoint file: its number and what it parsed to.
+type Line = (usize, Result<SignedCheckpoint, CheckpointError>);
+
 /// Prints `{"rows","unchained","broken","head"}` (with `--checkpoint`, also `"checkpoints"` and
 /// `"checkpoints_failed"`); exit 65 when the chain is broken or a checkpoint does not hold.
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<(), Error> {
+    let lines = match &args.checkpoint {
+        Some(path) => Some(read_lines(path)?),
+        None => None,
+    };
+    // The hashes now stored at the rows the checkpoints name, gathered while the chain streams.
+    let mut found: HashMap<i64, Option<Vec<u8>>> = lines
+        .iter()
+        .flatten()
+        .filter_map(|(_, c)| c.as_ref().ok())
+        .map(|c| (c.checkpoint.head_id, None))
+        .collect();
     let pool = ctx.auditor_pool().await?;
-    let snap = store::audit::chain(&pool).await?;
-    let report = audit::verify(&snap.rows, Some((snap.head_id, &snap.head_hash)));
+    let mut check = ChainCheck::default();
+    let head = store::audit::chain(&pool, |row| {
+        check.push(row);
+        if let Some(slot) = found.get_mut(&row.id) {
+            *slot = row.hash.clone();
+        }
+    })
+    .await?;
+    let last_id = check.last_id();
+    let report = check.finish(Some((head.head_id, &head.head_hash)));
     log_breaks(&report);
     let broken = report.broken.len();
     let mut summary = json!({"rows": report.rows, "unchained": report.unchained, "broken": broken, "head": report.head});
-    let mut failed = 0;
-    if let Some(path) = &args.checkpoint {
-        let (total, bad) = check_file(path, args.public_key.as_deref(), &snap, ctx).await?;
-        summary["checkpoints"] = json!(total);
+    let mut failed = (0, 0);
+    if let Some(lines) = &lines {
+        let deployment = deployment(ctx, head.database)?;
+        let trusted = trusted_key(args.public_key.as_deref(), &deployment, ctx).await?;
+        let bad = lines
+            .iter()
+            .filter(|(n, parsed)| {
+                let outcome = parsed
+                    .as_ref()
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| check_one(c, &trusted, &deployment, &found, last_id));
+                outcome
+                    .map_err(|why| tracing::error!(line = n, "checkpoint on line {n}: {why}"))
+                    .is_err()
+            })
+            .count();
+        summary["checkpoints"] = json!(lines.len());
         summary["checkpoints_failed"] = json!(bad);
-        failed = bad;
+        failed = (bad, lines.len());
     }
     print_line(&summary.to_string())?;
     if broken > 0 {
         return Err(Error::AuditBroken(broken));
     }
-    if failed > 0 {
+    if failed.0 > 0 {
         return Err(Error::CheckpointFailed {
-            failed,
-            total: summary["checkpoints"].as_u64().unwrap_or_default() as usize,
+            failed: failed.0,
+            total: failed.1,
         });
     }
     Ok(())
 }
 
-/// Checks every checkpoint line of `path`; returns (checked, failed). Each failure is logged
-/// with its line number.
-async fn check_file(
-    path: &Path,
-    public_key: Option<&Path>,
-    snap: &ChainSnapshot,
-    ctx: &Context,
-) -> Result<(usize, usize), Error> {
-    let text = read(path, "--checkpoint")?;
-    let deployment = deployment(ctx, snap.database.clone())?;
-    let trusted = match public_key {
-        Some(key_path) => PublicKey::from_text(&read(key_path, "--public-key")?).map_err(|_| {
-            Error::Usage(format!(
-                "--public-key {} holds no Ed25519 or P-256 public key (PEM, or base64 of the DER).",
-                key_path.display()
-            ))
-        })?,
-        None => {
-            if ctx.settings.audit_signer.is_none() {
-                return Err(Error::Usage(
-                    "--checkpoint needs the key to trust: pass --public-key FILE or set PIIVAULT_AUDIT_SIGNER.".into(),
-                ));
-            }
-            open_signer(ctx, &deployment).await?.public_key().clone()
-        }
-    };
-    let (mut total, mut failed) = (0, 0);
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        total += 1;
-        if let Err(why) = check_line(line, &trusted, &deployment, snap) {
-            failed += 1;
-            tracing::error!(line = n + 1, "checkpoint on line {}: {why}", n + 1);
-        }
-    }
-    if total == 0 {
+/// Reads and parses every non-blank line of a checkpoint file (signatures are checked later).
+fn read_lines(path: &Path) -> Result<Vec<Line>, Error> {
+    let lines: Vec<Line> = read(path, "--checkpoint")?
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, SignedCheckpoint::from_line(l)))
+        .collect();
+    if lines.is_empty() {
         return Err(Error::Usage(format!(
             "--checkpoint {} holds no checkpoint line.",
             path.display()
         )));
     }
-    Ok((total, failed))
+    Ok(lines)
 }
 
-/// One checkpoint: well-formed, signed by `trusted`, of this deployment, and still in the trail.
-fn check_line(
-    line: &str,
+/// The key to trust: `--public-key`, else the configured signer's.
+async fn trusted_key(
+    public_key: Option<&Path>,
+    deployment: &str,
+    ctx: &Context,
+) -> Result<PublicKey, Error> {
+    if let Some(key_path) = public_key {
+        return PublicKey::from_text(&read(key_path, "--public-key")?).map_err(|_| {
+            Error::Usage(format!(
+                "--public-key {} holds no Ed25519 or P-256 public key (PEM, or base64 of the DER).",
+                key_path.display()
+            ))
+        });
+    }
+    if ctx.settings.audit_signer.is_none() {
+        return Err(Error::Usage(
+            "--checkpoint needs the key to trust: pass --public-key FILE or set PIIVAULT_AUDIT_SIGNER.".into(),
+        ));
+    }
+    Ok(open_signer(ctx, deployment).await?.public_key().clone())
+}
+
+/// One checkpoint: signed by `trusted`, of this deployment, and its row still in the trail.
+fn check_one(
+    signed: &SignedCheckpoint,
     trusted: &PublicKey,
     deployment: &str,
-    snap: &ChainSnapshot,
+    found: &HashMap<i64, Option<Vec<u8>>>,
+    last_id: Option<i64>,
 ) -> Result<(), String> {
-    let signed = SignedCheckpoint::from_line(line).map_err(|e| e.to_string())?;
     signed.verify(trusted).map_err(|e| e.to_string())?;
     let c = &signed.checkpoint;
     if c.deployment != deployment {
@@ -118,7 +146,8 @@ fn check_line(
             c.deployment
         ));
     }
-    audit::holds(&snap.rows, c.head_id, &c.head_hash)
+    let now = found.get(&c.head_id).and_then(|h| h.as_deref());
+    audit::holds(now, last_id, c.head_id, &c.head_hash)
         .map_err(|why| format!("signed at {} for row {}, but {why}", c.at, c.head_id))
 }
 
