@@ -114,6 +114,15 @@ browser_up() {
   apt_install chromium
 }
 
+# promtool (Debian's prometheus package) checks what /metrics serves. On a machine running
+# systemd the package also starts a Prometheus service on :9090; `systemctl disable --now
+# prometheus` stops it (the tests start their own).
+promtool_up() {
+  command -v promtool >/dev/null && return 0
+  echo "stack: installing Debian's prometheus for promtool (apt-get install prometheus)" >&2
+  apt_install --no-install-recommends prometheus
+}
+
 # kubernetes-validate bundles the Kubernetes API schemas, so manifests validate offline.
 TOOLS_VENV=.venv-tools
 TOOLS_PINS='kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.4'
@@ -151,6 +160,7 @@ PY
     ;;
   tools)
     browser_up
+    promtool_up
     validator_up
     ;;
   down)

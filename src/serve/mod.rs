@@ -1,8 +1,9 @@
 //! The operator's HTTP endpoints while `etl run` works: `/` (a status page), `/metrics`
-//! (Prometheus text), `/healthz` (no stage has died or stalled) and `/readyz` (Postgres and SQS
+//! (OpenMetrics when asked for, else the classic Prometheus text), `/healthz` (no stage has died or stalled) and `/readyz` (Postgres and SQS
 //! reachable). Read-only; nothing served names a user or carries a value — metrics are counts,
 //! readiness details are error classes, the status page shows tokens and counts.
 
+mod exposition;
 mod status;
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use sqlx::PgPool;
@@ -134,7 +135,7 @@ async fn status_page(State(served): State<Arc<Served>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
+async fn metrics(State(served): State<Arc<Served>>, headers: HeaderMap) -> impl IntoResponse {
     // Key states are read at scrape time: a rotation by another process shows up here.
     if let Ok(Ok(keys)) = tokio::time::timeout(CHECK_TIMEOUT, store::keys::list(&served.pool)).await
     {
@@ -150,13 +151,16 @@ async fn metrics(State(served): State<Arc<Served>>) -> impl IntoResponse {
             .collect();
         served.counters.set_key_versions(&keys);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        served.counters.encode(),
-    )
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let text = served.counters.encode();
+    if exposition::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], text)
+    } else {
+        (
+            [(header::CONTENT_TYPE, exposition::CLASSIC)],
+            exposition::classic(&text),
+        )
+    }
 }
 
 /// Liveness: fails once a stage has died or messages in hand stopped making progress, so an

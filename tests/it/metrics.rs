@@ -4,8 +4,30 @@ use std::time::Duration;
 
 use crate::support::{
     Etl, TempEmulator, TestDb, TestKek, assert_no_input_values, create_queue, free_port,
-    http_get as get, sample_bodies, send,
+    http_get as get, http_get_accepting, sample_bodies, send,
 };
+
+/// Runs `promtool check metrics` on `text`: (success, everything it printed).
+fn promtool_check_metrics(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool missing: run scripts/stack.sh tools (installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), printed)
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness_follow_a_real_run() {
@@ -49,6 +71,33 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         "{metrics}"
     );
     assert_no_input_values(&metrics, &bodies, "the metrics");
+    // Without an Accept header: the classic text format, which promtool accepts as it is.
+    let (_, classic_type, classic) = http_get_accepting(port, "/metrics", None);
+    assert_eq!(classic_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        classic.contains("# TYPE piivault_received_total counter\n") && !classic.contains("# EOF"),
+        "{classic}"
+    );
+    let lint = promtool_check_metrics(&classic);
+    assert_eq!(
+        lint,
+        (true, String::new()),
+        "promtool check metrics:\n{classic}"
+    );
+    // What a Prometheus server asks for: OpenMetrics.
+    let (_, om_type, om) = http_get_accepting(
+        port,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    );
+    assert!(
+        om_type.starts_with("application/openmetrics-text"),
+        "{om_type}"
+    );
+    assert!(
+        om.ends_with("# EOF\n") && om.contains("# TYPE piivault_received counter\n"),
+        "{om}"
+    );
     assert_eq!(get(port, "/healthz"), (200, "ok\n".to_owned()));
     let (status, ready) = get(port, "/readyz");
     assert_eq!(status, 200, "{ready}");
