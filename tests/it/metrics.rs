@@ -136,3 +136,98 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
     );
     db.drop_db().await;
 }
+
+/// A Prometheus server of the test's own on a free port, scraping `target` every second.
+struct TempPrometheus {
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TempPrometheus {
+    fn start(target: &str) -> TempPrometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: piivault\n    static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "prometheus missing: run scripts/stack.sh tools (installs Debian's prometheus)",
+            );
+        TempPrometheus {
+            _dir: dir,
+            child,
+            port,
+        }
+    }
+
+    /// The value of an instant query's single result, once it has one.
+    fn query(&self, expr: &str) -> Option<f64> {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={expr}"));
+        if status != 200 {
+            return None;
+        }
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = answer["data"]["result"].as_array()?;
+        match result.as_slice() {
+            [one] => one["value"][1].as_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for TempPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
+    let s = crate::support::Setup::new().await;
+    let bodies: Vec<String> = sample_bodies().into_iter().take(40).collect();
+    send(&s.queue, &bodies).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let prometheus = TempPrometheus::start(&addr);
+    let consumer = s
+        .etl
+        .spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
+    let mut seen = (None, None);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen = (
+            prometheus.query("piivault_loaded_total"),
+            prometheus.query("up"),
+        );
+        if seen.0 == Some(39.0) {
+            break;
+        }
+    }
+    let rows = s.db.count("SELECT count(*) FROM user_logins").await;
+    assert_eq!(rows, 39, "the sample's first 40 bodies hold one malformed");
+    assert_eq!(seen, (Some(39.0), Some(1.0)), "Prometheus's answer");
+    assert_eq!(prometheus.query("piivault_quarantined_total"), Some(1.0));
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.json()["loaded"], 39);
+    drop(prometheus);
+    s.db.drop_db().await;
+}
