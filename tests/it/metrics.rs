@@ -137,7 +137,36 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
     db.drop_db().await;
 }
 
-/// A Prometheus server of the test's own on a free port, scraping `target` every second.
+/// The alert rules shipped for operators.
+fn alert_rules() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml")
+}
+
+/// Runs `promtool` with `args` in `deploy/prometheus`: (success, everything it printed).
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(alert_rules().parent().unwrap())
+        .output()
+        .expect("promtool missing: run scripts/stack.sh tools (installs Debian's prometheus)");
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), printed)
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let (ok, printed) = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(
+        ok && printed.contains("SUCCESS: 5 rules found"),
+        "{printed}"
+    );
+    let (ok, printed) = promtool(&["test", "rules", "alerts_test.yml"]);
+    assert!(ok && printed.contains("SUCCESS"), "{printed}");
+}
+
+/// A Prometheus server of the test's own on a free port, scraping `target` every second and
+/// evaluating the shipped alert rules.
 struct TempPrometheus {
     _dir: tempfile::TempDir,
     child: std::process::Child,
@@ -152,7 +181,9 @@ impl TempPrometheus {
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: piivault\n    static_configs: [{{targets: ['{target}']}}]\n"
+                 rule_files: ['{}']\n\
+                 scrape_configs:\n  - job_name: piivault\n    static_configs: [{{targets: ['{target}']}}]\n",
+                alert_rules().display()
             ),
         )
         .unwrap();
@@ -226,6 +257,37 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
     assert_eq!(rows, 39, "the sample's first 40 bodies hold one malformed");
     assert_eq!(seen, (Some(39.0), Some(1.0)), "Prometheus's answer");
     assert_eq!(prometheus.query("piivault_quarantined_total"), Some(1.0));
+    // Every metric the alert rules name is one etl serves, and every rule evaluates cleanly
+    // against the real series.
+    let served = get(port, "/metrics").1;
+    let rules = std::fs::read_to_string(alert_rules()).unwrap();
+    for name in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("piivault_"))
+    {
+        assert!(
+            served.lines().any(|l| l.starts_with(&format!("{name} "))
+                || l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("# TYPE {name} "))),
+            "{name} is not served:\n{served}"
+        );
+    }
+    let mut health = Vec::new();
+    for _ in 0..20 {
+        let (_, body) = get(prometheus.port, "/api/v1/rules");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        health = answer["data"]["groups"][0]["rules"]
+            .as_array()
+            .map(|rules| rules.iter().map(|r| r["health"].to_string()).collect())
+            .unwrap_or_default();
+        if health.len() == 5 && health.iter().all(|h| h == "\"ok\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(health, vec!["\"ok\""; 5], "rule health");
+    let firing = prometheus.query("count(ALERTS)");
+    assert_eq!(firing, None, "no alert fires on a healthy run");
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.json()["loaded"], 39);
     drop(prometheus);

@@ -727,15 +727,30 @@ pub fn http_get_accepting(port: u16, path: &str, accept: Option<&str>) -> (u16, 
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix(name).map(str::to_owned))
+    };
+    let content_type = header("content-type: ").unwrap_or_default();
+    let body = match header("transfer-encoding: ").as_deref() {
+        Some("chunked") => dechunk(body),
+        _ => body.to_owned(),
+    };
+    (status, content_type, body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (Prometheus's larger answers).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
 }
 
 /// A free TCP port on 127.0.0.1.
