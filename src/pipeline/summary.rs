@@ -51,6 +51,8 @@ pub struct Counters {
     batch_seconds: Histogram,
     end_to_end_seconds: Histogram,
     key_versions: Family<KeyLabels, Gauge>,
+    /// The queue's approximate message counts by state, sampled in the background.
+    queue_messages: Family<QueueLabels, Gauge>,
     /// Progress clock for the stall watchdog and `/healthz` (tokio's, so paused tests drive it).
     clock_base: tokio::time::Instant,
     /// Milliseconds after `clock_base` of the last commit or delete, or of going from idle to busy.
@@ -59,6 +61,12 @@ pub struct Counters {
     awaiting_delete: AtomicI64,
     /// A stage has failed: the run is stopping.
     failed: AtomicBool,
+}
+
+/// Labels of the queue-depth gauge: `visible`, `in_flight` or `delayed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    state: &'static str,
 }
 
 /// Labels of the key-version info metric.
@@ -120,8 +128,15 @@ impl Default for Counters {
             "Data key versions and their state (1 per version)",
             key_versions.clone(),
         );
+        let queue_messages = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_messages",
+            "Messages in the queue by state (SQS's approximate counts, sampled every 5 s)",
+            queue_messages.clone(),
+        );
         Counters {
             registry,
+            queue_messages,
             received,
             loaded,
             quarantined,
@@ -245,6 +260,20 @@ impl Counters {
                     state: state.clone(),
                 })
                 .set(1);
+        }
+    }
+
+    /// Records the queue's approximate depth: visible, in flight (received, not deleted, by any
+    /// consumer) and delayed.
+    pub fn set_queue_depth(&self, visible: i64, in_flight: i64, delayed: i64) {
+        for (state, n) in [
+            ("visible", visible),
+            ("in_flight", in_flight),
+            ("delayed", delayed),
+        ] {
+            self.queue_messages
+                .get_or_create(&QueueLabels { state })
+                .set(n);
         }
     }
 

@@ -93,6 +93,7 @@ pub async fn start(
         })?;
     let served = Arc::new(served);
     tokio::spawn(sample_rates(served.clone(), stop.clone()));
+    tokio::spawn(sample_queue_depth(served.clone(), stop.clone()));
     let app = Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -115,6 +116,30 @@ async fn sample_rates(served: Arc<Served>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => served.rates.sample(served.counters.summary(served.started).received),
+        }
+    }
+}
+
+/// How often the queue's depth is read for `/metrics` (one `GetQueueAttributes` call).
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the queue-depth gauges fresh until `stop`; a failed read leaves the last values (and
+/// `/readyz` reports the dependency).
+async fn sample_queue_depth(served: Arc<Served>, stop: CancellationToken) {
+    let Some(queue) = &served.queue else {
+        return;
+    };
+    let mut tick = tokio::time::interval(QUEUE_SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Ok(Ok((visible, in_flight, delayed))) =
+                    tokio::time::timeout(CHECK_TIMEOUT, queue.depth()).await
+                {
+                    served.counters.set_queue_depth(visible, in_flight, delayed);
+                }
+            }
         }
     }
 }

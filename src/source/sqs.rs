@@ -139,6 +139,35 @@ impl SqsQueue {
     }
 }
 
+impl SqsQueue {
+    /// The queue's approximate depth: (visible, in flight, delayed) messages, for the metrics.
+    pub async fn depth(&self) -> Result<(i64, i64, i64), SourceError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(Name::ApproximateNumberOfMessages)
+            .attribute_names(Name::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(Name::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| self.error("GetQueueAttributes", describe(&e)))?;
+        let attributes = out.attributes.unwrap_or_default();
+        let count = |name: Name| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            count(Name::ApproximateNumberOfMessages),
+            count(Name::ApproximateNumberOfMessagesNotVisible),
+            count(Name::ApproximateNumberOfMessagesDelayed),
+        ))
+    }
+}
+
 impl Queue for SqsQueue {
     /// Checks that the queue exists and may be read, so a wrong `SQS_QUEUE_URL` fails at start
     /// rather than being waited out as an outage.

@@ -158,7 +158,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let (ok, printed) = promtool(&["check", "rules", "alerts.yml"]);
     assert!(
-        ok && printed.contains("SUCCESS: 5 rules found"),
+        ok && printed.contains("SUCCESS: 6 rules found"),
         "{printed}"
     );
     let (ok, printed) = promtool(&["test", "rules", "alerts_test.yml"]);
@@ -280,14 +280,24 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
             .as_array()
             .map(|rules| rules.iter().map(|r| r["health"].to_string()).collect())
             .unwrap_or_default();
-        if health.len() == 5 && health.iter().all(|h| h == "\"ok\"") {
+        if health.len() == 6 && health.iter().all(|h| h == "\"ok\"") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(health, vec!["\"ok\""; 5], "rule health");
+    assert_eq!(health, vec!["\"ok\""; 6], "rule health");
     let firing = prometheus.query("count(ALERTS)");
     assert_eq!(firing, None, "no alert fires on a healthy run");
+    // The queue's depth, sampled every 5 s: empty once everything is deleted.
+    let mut depth = None;
+    for _ in 0..30 {
+        depth = prometheus.query(r#"sum(piivault_queue_messages{state=~"visible|in_flight"})"#);
+        if depth == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(depth, Some(0.0), "visible + in flight once drained");
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.json()["loaded"], 39);
     drop(prometheus);
