@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -127,6 +128,11 @@ impl Default for Counters {
             "key_version",
             "Data key versions and their state (1 per version)",
             key_versions.clone(),
+        );
+        registry.register(
+            "build",
+            "The etl build serving these metrics",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         let queue_messages = Family::<QueueLabels, Gauge>::default();
         registry.register(

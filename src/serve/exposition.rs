@@ -20,8 +20,8 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     })
 }
 
-/// Rewrites OpenMetrics text into the classic format: a counter's family takes its samples'
-/// `_total` name, `_created` samples, `# UNIT`, `# EOF` and exemplars go, `unknown` becomes
+/// Rewrites OpenMetrics text into the classic format: a counter's (an info's) family takes its
+/// samples' `_total` (`_info`) name, `_created` samples, `# UNIT`, `# EOF` and exemplars go, `unknown` becomes
 /// `untyped`, and HELP keeps only the escapes the classic format knows.
 pub fn classic(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
@@ -45,11 +45,16 @@ fn flush(family: &[&str], out: &mut String) {
         .iter()
         .find_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '));
     let (name, kind) = kind.unwrap_or(("", "unknown"));
-    let counter = kind == "counter";
-    let classic_name = if counter && !name.ends_with("_total") {
-        format!("{name}_total")
-    } else {
+    // Counter and info families are named without the suffix their samples carry.
+    let suffix = match kind {
+        "counter" => "_total",
+        "info" => "_info",
+        _ => "",
+    };
+    let classic_name = if name.ends_with(suffix) {
         name.to_owned()
+    } else {
+        format!("{name}{suffix}")
     };
     let created = format!("{name}_created");
     for line in family {
@@ -99,6 +104,9 @@ mod tests {
         # HELP piivault_in_flight_messages In hand.\n\
         # TYPE piivault_in_flight_messages gauge\n\
         piivault_in_flight_messages 0\n\
+        # HELP piivault_build The build.\n\
+        # TYPE piivault_build info\n\
+        piivault_build_info{version=\"0.1.0\"} 1\n\
         # EOF\n";
 
     #[test]
@@ -115,7 +123,10 @@ mod tests {
              piivault_batch_seconds_bucket{le=\"+Inf\"} 2\n\
              # HELP piivault_in_flight_messages In hand.\n\
              # TYPE piivault_in_flight_messages gauge\n\
-             piivault_in_flight_messages 0\n"
+             piivault_in_flight_messages 0\n\
+             # HELP piivault_build_info The build.\n\
+             # TYPE piivault_build_info gauge\n\
+             piivault_build_info{version=\"0.1.0\"} 1\n"
         );
     }
 

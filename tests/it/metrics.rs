@@ -70,6 +70,14 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         metrics.contains("piivault_batch_seconds_bucket"),
         "{metrics}"
     );
+    let build = format!(
+        r#"piivault_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        metrics.lines().any(|l| l == build),
+        "{build} in:\n{metrics}"
+    );
     assert_no_input_values(&metrics, &bodies, "the metrics");
     // Without an Accept header: the classic text format, which promtool accepts as it is.
     let (_, classic_type, classic) = http_get_accepting(port, "/metrics", None);
