@@ -1,6 +1,8 @@
-# Local-stack settings, sourced by scripts/*.sh. Every value can be overridden from the
+# Local-stack settings, sourced by scripts/*.sh. Every value but PIIVAULT_ROOT can be overridden from the
 # environment. Development only: the credentials are dummies the emulator accepts.
-: "${PIIVAULT_ROOT:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+# Always this checkout: a PIIVAULT_ROOT inherited from a shell that sourced another checkout's
+# env.sh would send this checkout's scripts (and its tests) to run over there.
+PIIVAULT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PIIVAULT_ROOT
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
