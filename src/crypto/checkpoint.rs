@@ -271,7 +271,7 @@ impl SignedCheckpoint {
     pub fn from_line(text: &str) -> Result<SignedCheckpoint, CheckpointError> {
         let bad = |what: &str| CheckpointError::Malformed(what.to_owned());
         let line: Line = serde_json::from_str(text).map_err(|e| {
-            CheckpointError::Malformed(format!("not the checkpoint JSON: {}", e.classify_name()))
+            CheckpointError::Malformed(format!("not the checkpoint JSON: {}", json_error_class(&e)))
         })?;
         if line.format != FORMAT {
             return Err(bad("unknown format"));
@@ -308,19 +308,13 @@ impl SignedCheckpoint {
     }
 }
 
-/// Short names of serde_json's error classes (its messages may quote input).
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "bad syntax",
-            serde_json::error::Category::Data => "missing, unknown or mistyped fields",
-            serde_json::error::Category::Eof => "cut short",
-        }
+/// A short name of a serde_json error's class (its message may quote the input).
+fn json_error_class(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "bad syntax",
+        serde_json::error::Category::Data => "missing, unknown or mistyped fields",
+        serde_json::error::Category::Eof => "cut short",
     }
 }
 

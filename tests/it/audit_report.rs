@@ -2,7 +2,7 @@
 //! trail as JSON lines for a SIEM, paged and resumable by id), as auditor logins, counted
 //! against what the logins actually did.
 
-use crate::support::{Etl, Setup, two_logins_each};
+use crate::support::{Setup, two_logins_each};
 
 /// Five users, two logins each (`r1`..`r5`).
 fn logins() -> String {
@@ -39,10 +39,8 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
         ])
         .await
         .ok();
-    let (a, a_url) = s.login("piivault_auditor").await;
-    let (b, b_url) = s.login("piivault_auditor").await;
-    let as_a = s.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &a_url);
-    let as_b = s.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &b_url);
+    let (a, _, as_a) = s.login_etl("piivault_auditor").await;
+    let (b, _, as_b) = s.login_etl("piivault_auditor").await;
     for (user, purpose) in [
         ("r1", "fraud-investigation"),
         ("r2", "fraud-investigation"),
@@ -120,8 +118,7 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
 async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (auditor, url) = s.login("piivault_auditor").await;
-    let etl: Etl = s.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &url);
+    let (auditor, _, etl) = s.login_etl("piivault_auditor").await;
     etl.run(&reveal("r1", "fraud-investigation")).await.ok();
     // 5,100 more rows, appended by the server's own function (as the owner), so the export
     // (1,000 rows a page) and the chain check (5,000) both cross page boundaries.

@@ -17,13 +17,8 @@ fn logins() -> &'static str {
 
 /// `etl` as a fresh auditor login, signing with `signer`.
 async fn auditor(s: &Setup, signer: &str) -> (String, Etl) {
-    let (name, url) = s.login("piivault_auditor").await;
-    let etl = s
-        .etl
-        .clone()
-        .with("PIIVAULT_REVEAL_DATABASE_URL", &url)
-        .with("PIIVAULT_AUDIT_SIGNER", signer);
-    (name, etl)
+    let (name, _, etl) = s.login_etl("piivault_auditor").await;
+    (name, etl.with("PIIVAULT_AUDIT_SIGNER", signer))
 }
 
 /// Runs `etl audit checkpoint` and appends its line to `file`; returns the line as JSON.

@@ -4,18 +4,11 @@
 
 use sqlx::PgPool;
 
-use crate::support::{Etl, Setup, attempt, two_logins_each};
+use crate::support::{Setup, attempt, two_logins_each};
 
 /// Five users, two logins each (`u1`..`u5`).
 fn logins() -> String {
     two_logins_each("u", 8, "dev")
-}
-
-/// `etl` as a login holding only `group`, for the reveal commands.
-async fn as_login(s: &Setup, group: &str) -> (String, String, Etl) {
-    let (name, url) = s.login(group).await;
-    let etl = s.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &url);
-    (name, url, etl)
 }
 
 fn reveal<'a>(user: &'a str, purpose: &'a str, reason: &'a str) -> Vec<&'a str> {
@@ -41,7 +34,7 @@ async fn audit_rows(pool: &PgPool) -> Vec<(String, Option<String>, Option<i64>, 
 async fn every_purpose_is_stored_and_a_bad_one_is_refused() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (auditor, auditor_url, etl) = as_login(&s, "piivault_auditor").await;
+    let (auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
     let purposes = [
         "fraud-investigation",
         "data-subject-request",
@@ -115,7 +108,7 @@ async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
         .await
         .json();
     assert_eq!(set["policy"]["users_per_window"], 3, "{set}");
-    let (auditor, auditor_url, etl) = as_login(&s, "piivault_auditor").await;
+    let (auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
     for user in ["u1", "u2", "u3"] {
         etl.run(&reveal(user, "fraud-investigation", "case 7 review"))
             .await
@@ -240,8 +233,8 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
         ])
         .await
         .ok();
-    let (alice, alice_url, alice_etl) = as_login(&s, "piivault_auditor").await;
-    let (bob, bob_url, bob_etl) = as_login(&s, "piivault_approver").await;
+    let (alice, alice_url, alice_etl) = s.login_etl("piivault_auditor").await;
+    let (bob, bob_url, bob_etl) = s.login_etl("piivault_approver").await;
 
     // A direct reveal under a two-person purpose is refused (and audited).
     let direct = alice_etl

@@ -7,28 +7,6 @@ use crate::support::{
     http_get as get, http_get_accepting, sample_bodies, send,
 };
 
-/// Runs `promtool check metrics` on `text`: (success, everything it printed).
-fn promtool_check_metrics(text: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool missing: run scripts/stack.sh tools (installs Debian's prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let printed =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), printed)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness_follow_a_real_run() {
     let mut emulator = TempEmulator::start();
@@ -86,7 +64,7 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         classic.contains("# TYPE piivault_received_total counter\n") && !classic.contains("# EOF"),
         "{classic}"
     );
-    let lint = promtool_check_metrics(&classic);
+    let lint = promtool(&["check", "metrics"], Some(&classic));
     assert_eq!(
         lint,
         (true, String::new()),
@@ -150,13 +128,25 @@ fn alert_rules() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml")
 }
 
-/// Runs `promtool` with `args` in `deploy/prometheus`: (success, everything it printed).
-fn promtool(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("promtool")
+/// Runs `promtool` with `args` in `deploy/prometheus`, `stdin` piped in: (success, everything
+/// it printed).
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
         .args(args)
         .current_dir(alert_rules().parent().unwrap())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("promtool missing: run scripts/stack.sh tools (installs Debian's prometheus)");
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
     let printed =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), printed)
@@ -164,12 +154,12 @@ fn promtool(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
-    let (ok, printed) = promtool(&["check", "rules", "alerts.yml"]);
+    let (ok, printed) = promtool(&["check", "rules", "alerts.yml"], None);
     assert!(
         ok && printed.contains("SUCCESS: 6 rules found"),
         "{printed}"
     );
-    let (ok, printed) = promtool(&["test", "rules", "alerts_test.yml"]);
+    let (ok, printed) = promtool(&["test", "rules", "alerts_test.yml"], None);
     assert!(ok && printed.contains("SUCCESS"), "{printed}");
 }
 

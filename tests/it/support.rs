@@ -560,6 +560,14 @@ impl Setup {
         (name.clone(), format!("postgres://{name}:pw@{rest}"))
     }
 
+    /// A login holding only `group`, and `etl` using it for the auditor's commands (reveal,
+    /// audit): (name, URL, etl).
+    pub async fn login_etl(&self, group: &str) -> (String, String, Etl) {
+        let (name, url) = self.login(group).await;
+        let etl = self.etl.clone().with("PIIVAULT_REVEAL_DATABASE_URL", &url);
+        (name, url, etl)
+    }
+
     pub async fn drop_logins(&self, names: &[String]) {
         for name in names {
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
