@@ -2,6 +2,9 @@
 //! Whether a kind is retried and which exit code it ends with is decided beside it, in
 //! [`super::Error::is_retryable`] and [`super::Error::exit_code`].
 
+use super::Error;
+use crate::kek::KekError;
+use crate::source::SourceError;
 use crate::store::StoreError;
 
 /// Why an AWS call failed, as far as waiting can help.
@@ -77,6 +80,130 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Fault {
         (_, Some(429)) => Fault::Throttled,
         (_, Some(500..=599)) => Fault::ServerError,
         _ => Fault::Refused,
+    }
+}
+
+/// The service an error came from, for `piivault_retries_total{dependency}` and the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dependency {
+    /// The database.
+    Postgres,
+    /// The queue.
+    Sqs,
+    /// The key service (wrapping, unwrapping, signing).
+    Kms,
+    /// None: the input, the configuration or etl itself.
+    Local,
+}
+
+impl Dependency {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Postgres => "postgres",
+            Dependency::Sqs => "sqs",
+            Dependency::Kms => "kms",
+            Dependency::Local => "local",
+        }
+    }
+}
+
+/// An error's place in the classification, as metrics and the status page show it: a fixed
+/// vocabulary, never a message (which may name a queue or a key, never a value, but is not a
+/// label).
+pub trait Classified {
+    /// The service it came from.
+    fn dependency(&self) -> Dependency;
+    /// Its class: `unreachable`, `throttled`, `server_error`, `conflict`, `permission_denied`, …
+    fn class(&self) -> &'static str;
+}
+
+fn fault_class(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Unreachable => "unreachable",
+        Fault::Throttled => "throttled",
+        Fault::ServerError => "server_error",
+        Fault::Refused => "refused",
+    }
+}
+
+impl Classified for SourceError {
+    fn dependency(&self) -> Dependency {
+        match self {
+            SourceError::FileRead { .. } | SourceError::FileFormat { .. } => Dependency::Local,
+            _ => Dependency::Sqs,
+        }
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            SourceError::Unavailable { fault, .. } => fault_class(*fault),
+            SourceError::NoQueue { .. } => "no_queue",
+            SourceError::Refused { .. } => "refused",
+            SourceError::FileRead { .. } | SourceError::FileFormat { .. } => "bad_input",
+        }
+    }
+}
+
+impl Classified for StoreError {
+    fn dependency(&self) -> Dependency {
+        Dependency::Postgres
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            StoreError::Connect { .. } | StoreError::Unavailable { .. } => "unreachable",
+            StoreError::Migrate(_) | StoreError::NotMigrated { .. } => "not_migrated",
+            StoreError::PermissionDenied { .. } => "permission_denied",
+            StoreError::Rejected { .. } => "rejected",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::Stale { .. } => "stale",
+            StoreError::ReadOnly { .. } => "read_only",
+            StoreError::Exhausted { .. } => "exhausted",
+            StoreError::Cancelled { .. } => "cancelled",
+            StoreError::Query { .. } => "query_failed",
+        }
+    }
+}
+
+impl Classified for KekError {
+    fn dependency(&self) -> Dependency {
+        match self {
+            KekError::KmsUnavailable { .. } | KekError::KmsRefused { .. } => Dependency::Kms,
+            _ => Dependency::Local,
+        }
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            KekError::KmsUnavailable { fault, .. } => fault_class(*fault),
+            KekError::KmsRefused { .. } => "refused",
+            _ => "key_config",
+        }
+    }
+}
+
+impl Classified for Error {
+    fn dependency(&self) -> Dependency {
+        match self {
+            Error::Source(e) => e.dependency(),
+            Error::Store(e) => e.dependency(),
+            Error::Kek(e) => e.dependency(),
+            _ => Dependency::Local,
+        }
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            Error::Source(e) => e.class(),
+            Error::Store(e) => e.class(),
+            Error::Kek(e) => e.class(),
+            Error::KeysChanging => "keys_changing",
+            Error::Stalled { .. } => "stalled",
+            Error::Config(_) | Error::NoKeys(_) | Error::MetricsAddr { .. } => "config",
+            Error::BadDataKey { .. } | Error::Integrity { .. } => "integrity",
+            _ => "other",
+        }
     }
 }
 

@@ -14,6 +14,8 @@
 //! same way, without an error. Whatever is still in hand at the deadline is abandoned and logged
 //! with its count.
 
+pub mod health;
+mod latency;
 pub mod retry;
 pub mod summary;
 mod write;
@@ -35,6 +37,7 @@ use crate::error::Error;
 use crate::source::file::InputFile;
 use crate::source::{Heartbeat, Queue, Received, SourceError};
 use crate::store::writer::BatchCounts;
+use health::Stage;
 
 /// Messages of one file read sent down the channel at once.
 const FILE_DELIVERY: usize = 100;
@@ -122,7 +125,7 @@ pub async fn run_queue<Q: Queue, W: WriteStage>(
     let checked = (|| queue.check())
         .retry(flow.retry_policy())
         .when(|e| matches!(e, SourceError::Unavailable { .. }))
-        .notify(retry::notify);
+        .notify(|e, d| retry::notify(&counters, Stage::Receive, e, d));
     tokio::select! {
         checked = checked => checked?,
         _ = stop.cancelled() => return Ok(counters.summary(started)),
@@ -139,7 +142,7 @@ pub async fn run_queue<Q: Queue, W: WriteStage>(
         );
         tasks.spawn(async move {
             if let Err(e) = receive_loop(&queue, options, &stop, &supervisor, sender).await {
-                supervisor.fail(e);
+                supervisor.fail(Some(Stage::Receive), e);
             }
         });
     }
@@ -192,7 +195,7 @@ pub async fn run_file<W: WriteStage>(
                 send(chunk);
             }
             Ok(_) => {}
-            Err(e) => reader_supervisor.fail(e.into()),
+            Err(e) => reader_supervisor.fail(Some(Stage::Receive), e.into()),
         }
     });
     spawn_writers::<NoQueue, W>(&mut tasks, &store, None, inbox, flow, &supervisor);
@@ -218,7 +221,7 @@ impl Supervisor {
     }
 
     /// A stage cannot go on: keep the first error and stop every stage.
-    fn fail(&self, error: Error) {
+    fn fail(&self, stage: Option<Stage>, error: Error) {
         let mut first = self.first_error.lock().expect("supervisor lock poisoned");
         if first.is_none() {
             tracing::error!(
@@ -226,7 +229,7 @@ impl Supervisor {
                 "a stage failed; stopping the run: {}",
                 error.to_string().replace('\n', " ")
             );
-            self.counters.stage_failed();
+            self.counters.failed(stage, &error);
             *first = Some(error);
         } else {
             tracing::debug!("a further stage failed: {error}");
@@ -271,7 +274,7 @@ impl Supervisor {
                 }
                 _ = watchdog.tick(), if !self.abort.is_cancelled() => {
                     if let Some(idle) = self.counters.stalled(flow.stall_timeout) {
-                        self.fail(Error::Stalled { secs: idle.as_secs() });
+                        self.fail(None, Error::Stalled { secs: idle.as_secs() });
                     }
                 }
             }
@@ -310,13 +313,14 @@ async fn receive_loop<Q: Queue>(
         let receive = (|| queue.receive(options.wait_secs))
             .retry(policy)
             .when(SourceError::may_pass_while_running)
-            .notify(retry::notify);
+            .notify(|e, d| retry::notify(&supervisor.counters, Stage::Receive, e, d));
         let messages = tokio::select! {
             biased;
             _ = abort.cancelled() => return Ok(()),
             _ = stop.cancelled() => return Ok(()),
             messages = receive => messages?,
         };
+        supervisor.counters.stage_ok(Stage::Receive);
         if messages.is_empty() {
             if options.drain {
                 return Ok(());
@@ -373,7 +377,12 @@ fn spawn_writers<Q: Queue, W: WriteStage>(
             let mut deletes = JoinSet::new();
             let written = write_loop(&*store, queue, &inbox, flow, &supervisor, &mut deletes).await;
             if let Err(e) = written {
-                supervisor.fail(e);
+                // The writer also reaps its deletes: an SQS error there is the delete stage's.
+                let stage = match e {
+                    Error::Source(_) => Stage::Delete,
+                    _ => Stage::Write,
+                };
+                supervisor.fail(Some(stage), e);
             }
             if supervisor.abort.is_cancelled() {
                 discard(&inbox, &supervisor.counters).await;
@@ -382,7 +391,7 @@ fn spawn_writers<Q: Queue, W: WriteStage>(
             // Committed messages are deleted even after a failure, within the shutdown timeout.
             while let Some(done) = deletes.join_next().await {
                 if let Err(e) = reap(done) {
-                    supervisor.fail(e);
+                    supervisor.fail(Some(Stage::Delete), e);
                 }
             }
         });
@@ -427,7 +436,7 @@ async fn write_loop<Q: Queue, W: WriteStage>(
         let stored = (|| store.store(&messages))
             .retry(policy)
             .when(Error::is_retryable)
-            .notify(retry::notify);
+            .notify(|e, d| retry::notify(counters, Stage::Write, e, d));
         let stored = tokio::select! {
             biased;
             _ = abort.cancelled() => {
@@ -488,11 +497,12 @@ async fn write_loop<Q: Queue, W: WriteStage>(
                 let deleted = (|| queue.delete_batch(&pairs))
                     .retry(policy)
                     .when(SourceError::may_pass_while_running)
-                    .notify(retry::notify)
+                    .notify(|e, d| retry::notify(&counters, Stage::Delete, e, d))
                     .await;
                 drop(heartbeats);
                 counters.deletes_done(group.len());
                 counters.deleted(deleted?); // counted now, not when the writer next looks
+                counters.stage_ok(Stage::Delete);
                 Ok(())
             });
         }

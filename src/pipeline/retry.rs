@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use backon::ExponentialBuilder;
 
+use super::Counters;
+use super::health::Stage;
+use crate::error::classify::Classified;
+
 /// The retry policy for an outage of at most `max_outage`.
 pub fn policy(max_outage: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -20,10 +24,19 @@ pub fn policy(max_outage: Duration) -> ExponentialBuilder {
         .with_total_delay(Some(max_outage))
 }
 
-/// Logs one retry (error text is PII-free by construction).
-pub fn notify<E: std::fmt::Display>(error: &E, delay: Duration) {
+/// Logs and counts one retry in `stage` (error text is PII-free by construction).
+pub fn notify<E: std::fmt::Display + Classified>(
+    counters: &Counters,
+    stage: Stage,
+    error: &E,
+    delay: Duration,
+) {
+    counters.retried(stage, error);
     tracing::warn!(
         retry_in_ms = delay.as_millis() as u64,
+        stage = stage.as_str(),
+        dependency = error.dependency().as_str(),
+        class = error.class(),
         "{}",
         error.to_string().replace('\n', " ")
     );

@@ -14,6 +14,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use super::health::{LastError, Stage, StageClock};
+use super::latency::Latency;
+use crate::error::classify::{Classified, Dependency};
 use crate::source::Received;
 use crate::store::writer::BatchCounts;
 
@@ -54,6 +57,15 @@ pub struct Counters {
     key_versions: Family<KeyLabels, Gauge>,
     /// The queue's approximate message counts by state, sampled in the background.
     queue_messages: Family<QueueLabels, Gauge>,
+    retries: Family<DependencyLabels, Counter>,
+    errors: Family<ClassLabels, Counter>,
+    /// 1 when the last background check of a dependency succeeded.
+    dependency_up: Family<DependencyLabels, Gauge>,
+    last_commit: Gauge,
+    /// End-to-end latency quantiles for the status page.
+    latency: Latency,
+    /// Each stage's last success and retry, and the last error.
+    stages: StageClock,
     /// Progress clock for the stall watchdog and `/healthz` (tokio's, so paused tests drive it).
     clock_base: tokio::time::Instant,
     /// Milliseconds after `clock_base` of the last commit or delete, or of going from idle to busy.
@@ -68,6 +80,18 @@ pub struct Counters {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     state: &'static str,
+}
+
+/// Labels of the per-dependency metrics: `postgres`, `sqs` or `kms`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: &'static str,
+}
+
+/// Labels of the error counter: a class from a fixed vocabulary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
 }
 
 /// Labels of the key-version info metric.
@@ -140,9 +164,45 @@ impl Default for Counters {
             "Messages in the queue by state (SQS's approximate counts, sampled every 5 s)",
             queue_messages.clone(),
         );
+        let retries = Family::<DependencyLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Failed calls retried, by the service that failed",
+            retries.clone(),
+        );
+        for dependency in [Dependency::Postgres, Dependency::Sqs, Dependency::Kms] {
+            // Present from the start, so rate() sees the first retry.
+            let _ = retries.get_or_create(&DependencyLabels {
+                dependency: dependency.as_str(),
+            });
+        }
+        let errors = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Errors met, retried or final, by class",
+            errors.clone(),
+        );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "1 when the last background check of the service succeeded (checked every 5 s)",
+            dependency_up.clone(),
+        );
+        let last_commit = Gauge::default();
+        registry.register(
+            "last_commit_timestamp_seconds",
+            "Unix time of this process's last commit (0: none yet)",
+            last_commit.clone(),
+        );
         Counters {
             registry,
             queue_messages,
+            retries,
+            errors,
+            dependency_up,
+            last_commit,
+            latency: Latency::default(),
+            stages: StageClock::default(),
             received,
             loaded,
             quarantined,
@@ -237,11 +297,74 @@ impl Counters {
             .inc_by(counts.duplicates + in_batch_duplicates as u64);
         self.batch_seconds.observe(took.as_secs_f64());
         self.progressed();
+        self.stages.ok(Stage::Write);
         let now = Utc::now();
-        for m in messages {
-            let age = (now - m.sent_at).num_milliseconds().max(0) as f64 / 1000.0;
-            self.end_to_end_seconds.observe(age);
+        self.last_commit.set(now.timestamp());
+        let ages = messages
+            .iter()
+            .map(|m| (now - m.sent_at).num_milliseconds().max(0) as f64);
+        for ms in ages.clone() {
+            self.end_to_end_seconds.observe(ms / 1000.0);
         }
+        self.latency.observe_at(Instant::now(), ages);
+    }
+
+    /// A failed call in `stage` is retried.
+    pub fn retried(&self, stage: Stage, error: &impl Classified) {
+        self.retries
+            .get_or_create(&DependencyLabels {
+                dependency: error.dependency().as_str(),
+            })
+            .inc();
+        self.error(Some(stage), error, true);
+    }
+
+    /// `error` ends the run (`stage`: where, when known).
+    pub fn failed(&self, stage: Option<Stage>, error: &impl Classified) {
+        self.stage_failed();
+        self.error(stage, error, false);
+    }
+
+    fn error(&self, stage: Option<Stage>, error: &impl Classified, retried: bool) {
+        let class = error.class();
+        self.errors.get_or_create(&ClassLabels { class }).inc();
+        self.stages.error(LastError {
+            stage,
+            dependency: error.dependency(),
+            class,
+            at: Utc::now(),
+            retried,
+        });
+    }
+
+    /// `stage` succeeded just now (a receive, a delete; commits are recorded by `committed`).
+    pub fn stage_ok(&self, stage: Stage) {
+        self.stages.ok(stage);
+    }
+
+    /// Each stage's last success and retry, and the run's last error.
+    pub fn stages(&self) -> &StageClock {
+        &self.stages
+    }
+
+    /// End-to-end latency quantiles.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
+    /// When this process last committed, if it has.
+    pub fn last_commit(&self) -> Option<chrono::DateTime<Utc>> {
+        chrono::DateTime::from_timestamp(self.last_commit.get(), 0)
+            .filter(|_| self.last_commit.get() > 0)
+    }
+
+    /// Records the outcome of a background check of `dependency`.
+    pub fn set_dependency_up(&self, dependency: Dependency, up: bool) {
+        self.dependency_up
+            .get_or_create(&DependencyLabels {
+                dependency: dependency.as_str(),
+            })
+            .set(i64::from(up));
     }
 
     /// Messages whose handling ended: deleted, or (files, older deliveries) nothing to delete.

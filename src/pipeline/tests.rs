@@ -11,6 +11,7 @@ use super::*;
 use crate::error::exit;
 use crate::source::modelled::ModelledQueue;
 use crate::store::StoreError;
+use health::StageHealth;
 
 /// What the modelled write stage does with the n-th chunk it is given (0-based).
 #[derive(Clone, Copy)]
@@ -342,18 +343,46 @@ async fn conflicts_are_retried_by_the_one_retry_layer() {
     options.concurrency = 1;
     options.flow.max_rows = 1_000;
     options.flow.linger = Duration::from_secs(1);
-    let (result, _, _) = run(&store, &queue, options, CancellationToken::new()).await;
+    let (result, _, counters) = run(&store, &queue, options, CancellationToken::new()).await;
     assert_eq!(result.unwrap().deleted, 30);
     // One chunk: three refused attempts, then the one that committed; nothing else retried.
     assert_eq!(store.calls.load(Ordering::SeqCst), 4);
+    let metrics = counters.encode();
+    for line in [
+        "piivault_retries_total{dependency=\"postgres\"} 3",
+        "piivault_retries_total{dependency=\"sqs\"} 0",
+        "piivault_errors_total{class=\"conflict\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let health = counters.stages().health();
+    assert!(
+        health.iter().all(|(_, h)| matches!(h, StageHealth::Ok(_))),
+        "{health:?}"
+    );
+    let last = counters.stages().last_error().unwrap();
+    assert_eq!(
+        (last.stage, last.class, last.retried),
+        (Some(Stage::Write), "conflict", true)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_is_waited_out_for_max_outage_then_ends_the_run_with_69() {
     let queue = ModelledQueue::new(bodies(30), Duration::from_millis(1));
     let store = ModelledStore::new(Behaviour::Unreachable, &queue);
-    let (result, took, _) = run(&store, &queue, options(true), CancellationToken::new()).await;
+    let (result, took, counters) =
+        run(&store, &queue, options(true), CancellationToken::new()).await;
     let error = result.expect_err("an outage longer than --max-outage-secs ends the run");
+    let last = counters.stages().last_error().unwrap();
+    assert_eq!(
+        (last.stage, last.class, last.retried),
+        (Some(Stage::Write), "unreachable", false)
+    );
+    assert!(matches!(
+        counters.stages().health()[1].1,
+        StageHealth::Failed(_)
+    ));
     assert_eq!(error.exit_code(), exit::UNAVAILABLE);
     let max_outage = flow().max_outage;
     assert!(took >= max_outage.mul_f64(0.5), "gave up after {took:?}");
