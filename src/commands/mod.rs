@@ -39,9 +39,11 @@ impl Context {
         Ok(store::connect(url.expose(), "DATABASE_URL", max_connections).await?)
     }
 
-    /// A pool on `DATABASE_URL` whose statements Postgres cancels after `statement_timeout`.
+    /// A pool on `DATABASE_URL` named `application`, whose statements Postgres cancels after
+    /// `statement_timeout`.
     pub async fn bounded_pool(
         &self,
+        application: &'static str,
         max_connections: u32,
         statement_timeout: std::time::Duration,
     ) -> Result<PgPool, Error> {
@@ -49,6 +51,7 @@ impl Context {
         Ok(store::connect_bounded(
             url.expose(),
             "DATABASE_URL",
+            application,
             max_connections,
             statement_timeout,
         )

@@ -86,8 +86,8 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 .with_visibility(args.visibility_timeout_secs),
         ),
     };
-    // One connection per writer, one for key reloads, one for readiness checks.
-    let pool = ctx.pool(u32::from(args.writers) + 2).await?;
+    // One connection per writer and one for key reloads; the endpoints have their own pools.
+    let pool = ctx.pool(u32::from(args.writers) + 1).await?;
     let pipeline = Arc::new(Pipeline::load(pool.clone(), ctx.kek().await?).await?);
     let flow = FlowOptions {
         writers: usize::from(args.writers),
@@ -108,11 +108,21 @@ pub async fn run(args: RunArgs, ctx: &Context) -> Result<(), Error> {
                 Source::Queue(queue) => Some(queue.clone()),
                 Source::File(_) => None,
             };
-            // A connection of its own: the status page's scans never take a writer's.
+            // Connections of their own: the status page's scans and the observer's checks never
+            // take a writer's, and each is named so `pg_stat_activity` tells them apart.
             let page_timeout = Duration::from_secs(args.status_timeout_secs);
-            let page_pool = ctx.bounded_pool(1, page_timeout).await?;
-            let served = Served::new(counters.clone(), pool, page_pool, page_timeout, queue)
-                .with_stall_timeout(flow.stall_timeout);
+            let page_pool = ctx.bounded_pool("piivault-status", 1, page_timeout).await?;
+            let observer_pool = ctx
+                .bounded_pool("piivault-observer", 1, serve::CHECK_TIMEOUT)
+                .await?;
+            let served = Served::new(
+                counters.clone(),
+                observer_pool,
+                page_pool,
+                page_timeout,
+                queue,
+            )
+            .with_stall_timeout(flow.stall_timeout);
             Some(serve::start(addr, served, server_stop.clone()).await?)
         }
         None => None,

@@ -1,9 +1,13 @@
 //! The operator's HTTP endpoints while `etl run` works: `/` (a status page), `/metrics`
-//! (OpenMetrics when asked for, else the classic Prometheus text), `/healthz` (no stage has died or stalled) and `/readyz` (Postgres and SQS
-//! reachable). Read-only; nothing served names a user or carries a value — metrics are counts,
-//! readiness details are error classes, the status page shows tokens and counts.
+//! (OpenMetrics when asked for, else the classic Prometheus text), `/healthz` (no stage has died
+//! or stalled) and `/readyz` (Postgres and SQS answered the background observer's last check).
+//! Read-only; nothing served names a user or carries a value — metrics are counts, readiness
+//! details are error classes, the status page shows tokens and counts. `/metrics` and `/readyz`
+//! read values the observer keeps, so probes and scrapes cost the dependencies nothing.
 
 mod exposition;
+mod observe;
+pub use observe::CHECK_TIMEOUT;
 mod status;
 
 use std::net::SocketAddr;
@@ -21,25 +25,23 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::pipeline::Counters;
 use crate::source::sqs::SqsQueue;
-use crate::source::{Queue, SourceError};
-use crate::store;
-
-/// How long a readiness check may take before it counts as a failure.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+use observe::{Observed, Observer};
 
 /// What the endpoints read.
 pub struct Served {
     /// The run's metrics.
     pub counters: Arc<Counters>,
-    /// The run's pool (readiness, key versions): quick statements only.
-    pub pool: PgPool,
+    /// The background observer's own pool (readiness, key versions): never a writer's.
+    pub observer_pool: PgPool,
     /// The status page's own pool, whose statements Postgres cancels after `page_timeout`: its
     /// scans never take a writer's connection and never outlive the timeout.
     pub page_pool: PgPool,
     /// The page pool's statement timeout.
     pub page_timeout: Duration,
-    /// The queue, when consuming one (readiness).
+    /// The queue, when consuming one (readiness, depth).
     pub queue: Option<SqsQueue>,
+    /// What the observer last saw.
+    pub observed: Arc<Observed>,
     /// When the run started (rates since start).
     pub started: Instant,
     /// Recent samples of the received counter (the status page's recent rate).
@@ -54,17 +56,18 @@ impl Served {
     /// What the endpoints read for a run that started now.
     pub fn new(
         counters: Arc<Counters>,
-        pool: PgPool,
+        observer_pool: PgPool,
         page_pool: PgPool,
         page_timeout: Duration,
         queue: Option<SqsQueue>,
     ) -> Served {
         Served {
             counters,
-            pool,
+            observer_pool,
             page_pool,
             page_timeout,
             queue,
+            observed: Arc::default(),
             started: Instant::now(),
             rates: status::RateWindow::default(),
             db_cache: status::DbCache::default(),
@@ -93,7 +96,13 @@ pub async fn start(
         })?;
     let served = Arc::new(served);
     tokio::spawn(sample_rates(served.clone(), stop.clone()));
-    tokio::spawn(sample_queue_depth(served.clone(), stop.clone()));
+    let observer = Observer {
+        pool: served.observer_pool.clone(),
+        queue: served.queue.clone(),
+        counters: served.counters.clone(),
+        observed: served.observed.clone(),
+    };
+    tokio::spawn(observer.run(stop.clone()));
     let app = Router::new()
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
@@ -120,30 +129,6 @@ async fn sample_rates(served: Arc<Served>, stop: CancellationToken) {
     }
 }
 
-/// How often the queue's depth is read for `/metrics` (one `GetQueueAttributes` call).
-const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
-
-/// Keeps the queue-depth gauges fresh until `stop`; a failed read leaves the last values (and
-/// `/readyz` reports the dependency).
-async fn sample_queue_depth(served: Arc<Served>, stop: CancellationToken) {
-    let Some(queue) = &served.queue else {
-        return;
-    };
-    let mut tick = tokio::time::interval(QUEUE_SAMPLE_EVERY);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                if let Ok(Ok((visible, in_flight, delayed))) =
-                    tokio::time::timeout(CHECK_TIMEOUT, queue.depth()).await
-                {
-                    served.counters.set_queue_depth(visible, in_flight, delayed);
-                }
-            }
-        }
-    }
-}
-
 async fn status_page(State(served): State<Arc<Served>>) -> impl IntoResponse {
     let page = status::render(&status::gather(&served).await);
     // Unauthenticated: never cached, never framed, no script or outside resource may load.
@@ -161,21 +146,8 @@ async fn status_page(State(served): State<Arc<Served>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(served): State<Arc<Served>>, headers: HeaderMap) -> impl IntoResponse {
-    // Key states are read at scrape time: a rotation by another process shows up here.
-    if let Ok(Ok(keys)) = tokio::time::timeout(CHECK_TIMEOUT, store::keys::list(&served.pool)).await
-    {
-        let keys: Vec<(String, u32, String)> = keys
-            .into_iter()
-            .map(|k| {
-                (
-                    k.purpose.as_str().to_owned(),
-                    k.version.0,
-                    k.state.as_str().to_owned(),
-                )
-            })
-            .collect();
-        served.counters.set_key_versions(&keys);
-    }
+    // Values only: the observer refreshes the gauges in the background, so a scrape costs
+    // the database and the queue nothing.
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let text = served.counters.encode();
     if exposition::wants_openmetrics(accept) {
@@ -200,37 +172,29 @@ async fn healthz(State(served): State<Arc<Served>>) -> impl IntoResponse {
     }
 }
 
+/// Readiness as the observer last checked it: 503 until its first round, when a dependency
+/// failed, or when the last round is older than [`observe::STALE_AFTER`].
 async fn readyz(State(served): State<Arc<Served>>) -> impl IntoResponse {
-    // Both checks at once, so the answer comes within one CHECK_TIMEOUT.
-    let postgres = async {
-        match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&served.pool))
-            .await
-        {
-            Ok(Ok(_)) => "ok".to_owned(),
-            Ok(Err(_)) => "unreachable".to_owned(),
-            Err(_) => "unreachable: no answer within 2 s".to_owned(),
+    let body = match served.observed.checked() {
+        None => serde_json::json!({
+            "ready": false, "postgres": "not yet checked", "sqs": "not yet checked",
+        }),
+        Some(checked) => {
+            let age = checked.at.elapsed();
+            let fresh = age <= observe::STALE_AFTER;
+            serde_json::json!({
+                "ready": fresh && checked.ready(),
+                "postgres": checked.postgres,
+                "sqs": checked.sqs,
+                "checked_secs_ago": age.as_secs(),
+            })
         }
     };
-    let sqs = async {
-        match &served.queue {
-            None => "not used".to_owned(),
-            Some(queue) => match tokio::time::timeout(CHECK_TIMEOUT, queue.check()).await {
-                Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(SourceError::NoQueue { .. })) => "the queue does not exist".to_owned(),
-                Ok(Err(SourceError::Refused { .. })) => "refused (permissions)".to_owned(),
-                Ok(Err(_)) => "unreachable".to_owned(),
-                Err(_) => "unreachable: no answer within 2 s".to_owned(),
-            },
-        }
-    };
-    let (postgres, sqs) = tokio::join!(postgres, sqs);
-    let ready = postgres == "ok" && (sqs == "ok" || sqs == "not used");
-    let status = if ready {
+    let status = if body["ready"] == true {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({"ready": ready, "postgres": postgres, "sqs": sqs});
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -259,6 +223,47 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn readiness(state: &State<Arc<Served>>) -> (StatusCode, serde_json::Value) {
+        let response = readyz(State(state.0.clone())).await.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_from_the_last_check_and_distrusts_an_old_one() {
+        let state = served(Arc::new(Counters::default()), Duration::from_secs(10));
+        let (status, body) = readiness(&state).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["postgres"], "not yet checked");
+        let checked = |age: u64, postgres: &str| observe::Checked {
+            at: Instant::now()
+                .checked_sub(Duration::from_secs(age))
+                .unwrap(),
+            postgres: postgres.to_owned(),
+            sqs: "ok".to_owned(),
+        };
+        state.observed.record(checked(1, "ok"));
+        let (status, body) = readiness(&state).await;
+        assert_eq!(
+            (status, body["ready"].as_bool()),
+            (StatusCode::OK, Some(true))
+        );
+        state.observed.record(checked(1, "unreachable"));
+        let (status, body) = readiness(&state).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["postgres"], "unreachable");
+        // The observer stopped checking: its last "ok" is no longer trusted.
+        state
+            .observed
+            .record(checked(observe::STALE_AFTER.as_secs() + 1, "ok"));
+        let (status, body) = readiness(&state).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["checked_secs_ago"], observe::STALE_AFTER.as_secs() + 1);
     }
 
     #[tokio::test(start_paused = true)]

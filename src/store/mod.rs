@@ -122,33 +122,48 @@ pub fn describe_sqlstate(code: &str) -> String {
     format!("SQLSTATE {code}: {what}")
 }
 
+/// The `application_name` of `etl`'s ordinary connections (writers, commands), as
+/// `pg_stat_activity` and server logs show it; a URL that names one keeps its own.
+pub const APPLICATION: &str = "piivault-etl";
+
 /// Opens a small pool; `var` names the setting the URL came from, for error messages.
 pub async fn connect(
     url: &str,
     var: &'static str,
     max_connections: u32,
 ) -> Result<PgPool, StoreError> {
-    let options = parse_url(url, var)?;
+    let options = parse_url(url, var, APPLICATION)?;
     connect_with(options, var, max_connections).await
 }
 
-/// A pool whose statements Postgres itself cancels after `statement_timeout`: for reads that
-/// must never hold a connection long, whoever asks (the status page).
+/// A pool whose statements Postgres itself cancels after `statement_timeout`, named
+/// `application` (unless the URL names one): for reads that must never hold a connection long,
+/// whoever asks (the status page, the background observer).
 pub async fn connect_bounded(
     url: &str,
     var: &'static str,
+    application: &'static str,
     max_connections: u32,
     statement_timeout: Duration,
 ) -> Result<PgPool, StoreError> {
     let timeout = format!("{}ms", statement_timeout.as_millis());
-    let options = parse_url(url, var)?.options([("statement_timeout", timeout.as_str())]);
+    let options =
+        parse_url(url, var, application)?.options([("statement_timeout", timeout.as_str())]);
     connect_with(options, var, max_connections).await
 }
 
-fn parse_url(url: &str, var: &'static str) -> Result<PgConnectOptions, StoreError> {
-    url.parse().map_err(|e: sqlx::Error| StoreError::Connect {
+fn parse_url(
+    url: &str,
+    var: &'static str,
+    application: &'static str,
+) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Connect {
         var,
         detail: e.to_string(),
+    })?;
+    Ok(match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(application),
     })
 }
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    Etl, TempEmulator, TestDb, TestKek, assert_no_input_values, create_queue, free_port,
-    http_get as get, http_get_accepting, sample_bodies, send,
+    Etl, TempCluster, TempEmulator, TestDb, TestKek, assert_no_input_values, create_queue,
+    free_port, http_get as get, http_get_accepting, queue, sample_bodies, send,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,16 +21,7 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = etl.spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
-    let mut metrics = String::new();
-    for _ in 0..300 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            metrics = get(port, "/metrics").1;
-            if metrics.contains("piivault_deleted_total 30") {
-                break;
-            }
-        }
-    }
+    let metrics = metrics_once(port, "piivault_deleted_total 30").await;
     for line in [
         "piivault_received_total 30",
         "piivault_loaded_total 29",
@@ -41,6 +32,9 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         "piivault_end_to_end_seconds_count 30",
         r#"piivault_key_version{purpose="seal",version="1",state="active"} 1"#,
         r#"piivault_key_version{purpose="token",version="1",state="active"} 1"#,
+        r#"piivault_dependency_up{dependency="postgres"} 1"#,
+        r#"piivault_dependency_up{dependency="sqs"} 1"#,
+        r#"piivault_retries_total{dependency="postgres"} 0"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
@@ -93,16 +87,27 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         (Some("ok"), Some("ok"))
     );
 
-    // SQS gone: alive but not ready, and it says which dependency failed.
+    // SQS gone: alive but not ready once the observer's next check (every 5 s, 2 s timeout)
+    // has failed, and it says which dependency failed.
     emulator.stop();
-    let (status, ready) = get(port, "/readyz");
-    assert_eq!(status, 503, "{ready}");
+    let (mut status, mut ready) = (0, String::new());
+    for _ in 0..120 {
+        (status, ready) = get(port, "/readyz");
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503, "not unready within 12 s: {ready}");
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["postgres"], "ok");
     let sqs = ready["sqs"].as_str().unwrap();
     assert!(sqs.starts_with("unreachable"), "{sqs}"); // refused at once, or no answer in 2 s
     assert_eq!(get(port, "/healthz").0, 200);
+    let metrics = get(port, "/metrics").1;
+    let down = r#"piivault_dependency_up{dependency="sqs"} 0"#;
+    assert!(metrics.lines().any(|l| l == down), "{metrics}");
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -121,6 +126,21 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         refused.stderr
     );
     db.drop_db().await;
+}
+
+/// `/metrics` once it holds `line` (at most 30 s after the server starts listening).
+async fn metrics_once(port: u16, line: &str) -> String {
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            metrics = get(port, "/metrics").1;
+            if metrics.lines().any(|l| l == line) {
+                break;
+            }
+        }
+    }
+    metrics
 }
 
 /// The alert rules shipped for operators.
@@ -300,4 +320,78 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
     assert_eq!(out.json()["loaded"], 39);
     drop(prometheus);
     s.db.drop_db().await;
+}
+
+/// Statements the cluster logged (`log_line_prefix = '%a|'`) per application name.
+fn statements_by(log: &str, application: &str) -> usize {
+    let prefix = format!("{application}|");
+    log.lines()
+        .filter(|l| {
+            l.starts_with(&prefix)
+                && (l.contains("LOG:  statement: ") || l.contains("LOG:  execute "))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scrapes_and_probes_cost_the_writers_no_database_round_trips() {
+    // The test's own cluster, so it may log every statement with the client's application name.
+    let cluster = TempCluster::start();
+    let admin = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET log_line_prefix = '%a|'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql).execute(&admin).await.unwrap();
+    }
+    admin.close().await;
+    let (kek, queue_url) = (TestKek::new(), queue(30).await);
+    let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
+    etl.run(&["migrate"]).await.ok();
+    etl.run(&["keys", "init"]).await.ok();
+    let bodies: Vec<String> = sample_bodies().into_iter().take(20).collect();
+    send(&queue_url, &bodies).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = etl.spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
+    let metrics = metrics_once(port, "piivault_deleted_total 20").await;
+    assert!(metrics.contains("piivault_deleted_total 20"), "{metrics}");
+    // The writers' statements are in the log under their name: the count below can see them.
+    let before = cluster.log();
+    assert!(statements_by(&before, "piivault-etl") > 0, "{before}");
+
+    // 100 scrapes a second for 10 s, every tenth one a readiness probe too.
+    let started = std::time::Instant::now();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let (status, body) = get(port, "/metrics");
+        assert!(
+            status == 200 && body.contains("piivault_loaded_total 19"),
+            "{body}"
+        );
+        if scrapes % 10 == 0 {
+            assert_eq!(get(port, "/readyz").0, 200);
+        }
+        scrapes += 1;
+        let next = Duration::from_millis(10 * scrapes);
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    let window = cluster.log()[before.len()..].to_owned();
+    let out = crate::support::sigterm(consumer).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(scrapes >= 900, "only {scrapes} scrapes in 10 s");
+    assert_eq!(
+        statements_by(&window, "piivault-etl"),
+        0,
+        "the writers' connections ran statements while only scrapes came in:\n{window}"
+    );
+    // The observer's reads: one key list every 5 s, whatever the scrape rate.
+    let observer = statements_by(&window, "piivault-observer");
+    assert!(
+        (1..=4).contains(&observer),
+        "{observer} observer statements:\n{window}"
+    );
 }

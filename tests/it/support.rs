@@ -660,6 +660,11 @@ impl TempCluster {
         );
     }
 
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
     /// Starts (or restarts) the server and waits until it accepts connections.
     pub fn start_again(&self) {
         let data = self.dir.path().join("data");
