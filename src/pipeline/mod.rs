@@ -15,7 +15,7 @@
 //! with its count.
 
 pub mod health;
-mod latency;
+pub mod latency;
 pub mod retry;
 pub mod summary;
 mod write;

@@ -5,7 +5,9 @@
 //! details are error classes, the status page shows tokens and counts. `/metrics` and `/readyz`
 //! read values the observer keeps, so probes and scrapes cost the dependencies nothing.
 
+mod chart;
 mod exposition;
+mod history;
 mod observe;
 pub use observe::CHECK_TIMEOUT;
 mod status;
@@ -44,8 +46,8 @@ pub struct Served {
     pub observed: Arc<Observed>,
     /// When the run started (rates since start).
     pub started: Instant,
-    /// Recent samples of the received counter (the status page's recent rate).
-    pub rates: status::RateWindow,
+    /// The last hour of the counters (the status page's recent rate and chart).
+    pub history: history::History,
     /// The status page's last database reads.
     pub db_cache: status::DbCache,
     /// `/healthz` fails when messages in hand make no progress for this long.
@@ -69,7 +71,7 @@ impl Served {
             queue,
             observed: Arc::default(),
             started: Instant::now(),
-            rates: status::RateWindow::default(),
+            history: history::History::default(),
             db_cache: status::DbCache::default(),
             stall_timeout: Duration::from_secs(600),
         }
@@ -95,7 +97,7 @@ pub async fn start(
             detail: e.to_string(),
         })?;
     let served = Arc::new(served);
-    tokio::spawn(sample_rates(served.clone(), stop.clone()));
+    tokio::spawn(sample_history(served.clone(), stop.clone()));
     let observer = Observer {
         pool: served.observer_pool.clone(),
         queue: served.queue.clone(),
@@ -118,13 +120,20 @@ pub async fn start(
     }))
 }
 
-/// Feeds the status page's recent rate until `stop`.
-async fn sample_rates(served: Arc<Served>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(status::RATE_SAMPLE_EVERY);
+/// Feeds the status page's history until `stop`.
+async fn sample_history(served: Arc<Served>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(history::SAMPLE_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => served.rates.sample(served.counters.summary(served.started).received),
+            _ = tick.tick() => {
+                let s = served.counters.summary(served.started);
+                served.history.sample(history::Counts {
+                    received: s.received,
+                    loaded: s.loaded,
+                    quarantined: s.quarantined,
+                });
+            }
         }
     }
 }

@@ -1,23 +1,29 @@
-//! The read-only status page `/`: what this process has done and how fast, the database's totals,
-//! the data key versions and the top duplicate groups. Plain HTML rendered per request, no
-//! script; tokens and counts only — never a user id, an original value or a key.
+//! The read-only status page `/`: what this process has done and how fast (with a chart of the
+//! last hour), the queue's backlog, end-to-end latency, each stage's health and the last error,
+//! the database's totals, the data key versions and the top duplicate groups. Plain HTML rendered
+//! per request, no script; tokens, counts and error classes only — never a user id, an original
+//! value, an error message or a key.
 //!
 //! The database figures come from scans of `user_logins` (seconds at a million rows), so a view
 //! never waits for them: a view that finds them older than [`DB_PART_TTL`] starts one re-read in
 //! the background (never two at once) and shows the previous figures with their age. Only the
 //! very first view waits, briefly, so a small database shows its figures at once.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Served;
+use super::chart;
+use super::history::Rates;
+use super::observe::{Checked, QueueDepth};
 use crate::pipeline::Summary;
+use crate::pipeline::health::{LastError, Stage, StageHealth};
+use crate::pipeline::latency::Quantiles;
 use crate::store::report::{self, DuplicateBy, DuplicateGroup};
 use crate::store::{StoreError, keys, quarantine};
 
@@ -31,47 +37,6 @@ const DB_PART_TTL: Duration = Duration::from_secs(30);
 const FIRST_READ_WAIT: Duration = Duration::from_secs(3);
 /// Duplicate groups shown per column.
 const TOP_GROUPS: i64 = 10;
-/// The window of the "recent" rate.
-const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// How often the rate window takes a sample.
-pub(super) const RATE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
-
-/// Samples of the received counter, so the page can show the rate of the last minute rather than
-/// only the average since start (which hides a stall in a long-running consumer).
-#[derive(Default)]
-pub struct RateWindow {
-    samples: Mutex<VecDeque<(Instant, u64)>>,
-}
-
-impl RateWindow {
-    /// Records `received` as of now and forgets samples older than the window.
-    pub fn sample(&self, received: u64) {
-        self.sample_at(Instant::now(), received);
-    }
-
-    fn sample_at(&self, at: Instant, received: u64) {
-        let mut samples = self.samples.lock().expect("rate window lock");
-        samples.push_back((at, received));
-        while samples
-            .front()
-            .is_some_and(|(t, _)| at.duration_since(*t) > RATE_WINDOW)
-        {
-            samples.pop_front();
-        }
-    }
-
-    /// Messages per second between the oldest sample at most a minute before `now` and
-    /// `(now, received)`; `None` until such a sample is at least one second old.
-    pub fn per_second(&self, now: Instant, received: u64) -> Option<f64> {
-        let samples = self.samples.lock().expect("rate window lock");
-        let (t, n) = samples
-            .iter()
-            .find(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)?;
-        let secs = now.duration_since(*t).as_secs_f64();
-        (secs >= 1.0).then(|| received.saturating_sub(*n) as f64 / secs)
-    }
-}
-
 /// A part of the page read from the database, or why it could not be read.
 type Part<T> = Result<T, String>;
 
@@ -87,6 +52,17 @@ pub struct KeyLine {
 pub struct StatusView {
     summary: Summary,
     recent_rate: Option<f64>,
+    /// Loaded/quarantined per second, one-minute bins over the last hour, oldest first.
+    minutes: Vec<Option<Rates>>,
+    /// `None` when the run reads a file.
+    backlog: Option<Option<QueueDepth>>,
+    /// End-to-end latency over the last minute and since start.
+    latency: (Option<Quantiles>, Option<Quantiles>),
+    stages: [(Stage, StageHealth); 3],
+    last_error: Option<LastError>,
+    last_commit: Option<DateTime<Utc>>,
+    /// The observer's last check and its age.
+    checked: Option<(Checked, Duration)>,
     /// `None` while the first read is still running.
     db: Option<Arc<DbPart>>,
     at: DateTime<Utc>,
@@ -120,7 +96,13 @@ impl Default for DbCache {
 /// Reads the counters and the latest database figures, starting a re-read when they are old.
 pub async fn gather(served: &Arc<Served>) -> StatusView {
     let summary = served.counters.summary(served.started);
-    let recent_rate = served.rates.per_second(Instant::now(), summary.received);
+    let now = Instant::now();
+    let recent_rate = served.history.recent_rate(now, summary.received);
+    let counters = &served.counters;
+    let (quantiles_last_minute, quantiles_since_start) = {
+        let (since_start, minute) = counters.latency().quantiles_at(now);
+        (minute, since_start)
+    };
     let cache = &served.db_cache;
     let stale = cache
         .latest
@@ -146,6 +128,16 @@ pub async fn gather(served: &Arc<Served>) -> StatusView {
     StatusView {
         summary,
         recent_rate,
+        minutes: served.history.minutes(now),
+        backlog: served.queue.as_ref().map(|_| served.observed.depth()),
+        latency: (quantiles_last_minute, quantiles_since_start),
+        stages: counters.stages().health(),
+        last_error: counters.stages().last_error(),
+        last_commit: counters.last_commit(),
+        checked: served.observed.checked().map(|c| {
+            let age = c.at.elapsed();
+            (c, age)
+        }),
         db,
         at: Utc::now(),
     }
@@ -242,8 +234,12 @@ pub fn render(view: &StatusView) -> String {
         html,
         "<tr><th>messages/s, last minute</th><td id=\"rate-recent\">{recent}</td></tr>\
          <tr><th>messages/s, since start</th><td id=\"rate-average\">{average:.1}</td></tr>\
-         </tbody></table>"
+         <tr><th>newest commit by this process</th><td id=\"last-commit\">{}</td></tr>\
+         </tbody></table>",
+        view.last_commit
+            .map_or_else(|| "none yet".to_owned(), |at| when(at, view.at))
     );
+    render_live(&mut html, view);
 
     match &view.db {
         Some(db) => render_db(&mut html, db),
@@ -259,6 +255,131 @@ pub fn render(view: &StatusView) -> String {
          readiness: <a href=\"/readyz\">/readyz</a>.</p></body></html>\n",
     );
     html
+}
+
+/// What the process knows without the database: chart, backlog, latency, stages, last error.
+fn render_live(html: &mut String, view: &StatusView) {
+    html.push_str("<h2>Loaded and quarantined per second, last hour</h2>");
+    html.push_str(&chart::rates_svg("chart", &view.minutes));
+
+    html.push_str("<h2>Queue backlog</h2>");
+    match view.backlog {
+        None => {
+            html.push_str("<p id=\"backlog\" class=\"none\">No queue: this run loads a file.</p>")
+        }
+        Some(None) => html.push_str(
+            "<p id=\"backlog\" class=\"unavailable\">Not read yet (SQS has not answered \
+             GetQueueAttributes).</p>",
+        ),
+        Some(Some(depth)) => {
+            let _ = write!(
+                html,
+                "<table id=\"backlog\"><tbody>\
+                 <tr><th>visible (waiting)</th><td id=\"queue-visible\">{}</td></tr>\
+                 <tr><th>in flight (received, not deleted; all consumers)</th>\
+                 <td id=\"queue-in-flight\">{}</td></tr>\
+                 <tr><th>delayed</th><td id=\"queue-delayed\">{}</td></tr></tbody></table>\
+                 <p class=\"meta\">SQS's approximate counts, read {}.</p>",
+                depth.visible,
+                depth.in_flight,
+                depth.delayed,
+                when(depth.at, view.at)
+            );
+        }
+    }
+
+    html.push_str(
+        "<h2>End-to-end latency (sent to committed)</h2><table id=\"latency\"><thead><tr>\
+         <th></th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>",
+    );
+    for (id, label, q) in [
+        ("latency-minute", "last minute", view.latency.0),
+        ("latency-start", "since start", view.latency.1),
+    ] {
+        match q {
+            Some(q) => {
+                let _ = write!(
+                    html,
+                    "<tr id=\"{id}\"><th>{label}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    seconds(q.p50),
+                    seconds(q.p95),
+                    seconds(q.p99)
+                );
+            }
+            None => {
+                let _ = write!(
+                    html,
+                    "<tr id=\"{id}\"><th>{label}</th><td colspan=\"3\">no rows committed</td></tr>"
+                );
+            }
+        }
+    }
+    html.push_str("</tbody></table>");
+
+    html.push_str("<h2>Stages</h2>");
+    table_head(html, "stages", &["stage", "state", "since"]);
+    for (stage, health) in view.stages {
+        let (state, at) = match health {
+            _ if view.backlog.is_none() && stage == Stage::Delete => ("not used", None),
+            StageHealth::Waiting => ("waiting", None),
+            StageHealth::Ok(at) => ("ok", Some(at)),
+            StageHealth::Retrying(at) => ("retrying", Some(at)),
+            StageHealth::Failed(at) => ("failed", Some(at)),
+        };
+        let _ = write!(
+            html,
+            "<tr class=\"{state}\" id=\"stage-{}\"><td>{}</td><td>{state}</td><td>{}</td></tr>",
+            stage.as_str(),
+            stage.as_str(),
+            at.map_or_else(String::new, |at| when(at, view.at))
+        );
+    }
+    html.push_str("</tbody></table>");
+    if let Some((checked, age)) = &view.checked {
+        let _ = write!(
+            html,
+            "<p id=\"dependencies\" class=\"meta\">Postgres: {} · SQS: {} (checked {} s ago)</p>",
+            escape(&checked.postgres),
+            escape(&checked.sqs),
+            age.as_secs()
+        );
+    }
+
+    html.push_str("<h2>Last error</h2>");
+    match &view.last_error {
+        None => html.push_str("<p id=\"last-error\" class=\"none\">None.</p>"),
+        Some(e) => {
+            let _ = write!(
+                html,
+                "<p id=\"last-error\" class=\"unavailable\">{} from {}{}, {}, {}.</p>",
+                escape(e.class),
+                e.dependency.as_str(),
+                e.stage
+                    .map_or_else(String::new, |s| format!(" in the {} stage", s.as_str())),
+                if e.retried {
+                    "retried"
+                } else {
+                    "ended the run"
+                },
+                when(e.at, view.at)
+            );
+        }
+    }
+}
+
+/// `at` as a UTC time of day with its age as of `now`.
+fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let ago = (now - at).num_seconds().max(0) as f64;
+    format!("at {} UTC ({} ago)", at.format("%H:%M:%S"), uptime(ago))
+}
+
+/// A latency: milliseconds below a second, else seconds.
+fn seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else {
+        format!("{s:.1} s")
+    }
 }
 
 /// The database part of the page: totals, keys, duplicate groups.
@@ -319,8 +440,10 @@ fn render_db(html: &mut String, db: &DbPart) {
 }
 
 const HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"10\"><title>piivault status</title><style>\
-body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}\
+body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;padding:0 1em;max-width:60em;color:#222}\
+table{display:block;overflow-x:auto}tr.retrying td,tr.failed td{color:#a40;font-weight:bold}\
 h1{font-size:1.5em}h2{font-size:1.1em;margin-top:1.5em;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse}th,td{padding:.2em .8em;text-align:left}\
 td{font-variant-numeric:tabular-nums}tbody tr:nth-child(odd){background:#f4f4f4}\
@@ -395,6 +518,35 @@ mod tests {
                 seconds: 60.0,
             },
             recent_rate: None,
+            minutes: vec![None; 60],
+            backlog: Some(Some(QueueDepth {
+                visible: 1200,
+                in_flight: 30,
+                delayed: 2,
+                at: Utc::now(),
+            })),
+            latency: (
+                Some(Quantiles {
+                    p50: 0.0421,
+                    p95: 0.9,
+                    p99: 2.5,
+                }),
+                None,
+            ),
+            stages: [
+                (Stage::Receive, StageHealth::Ok(Utc::now())),
+                (Stage::Write, StageHealth::Retrying(Utc::now())),
+                (Stage::Delete, StageHealth::Waiting),
+            ],
+            last_error: Some(LastError {
+                stage: Some(Stage::Write),
+                dependency: crate::error::classify::Dependency::Postgres,
+                class: "read_only",
+                at: Utc::now(),
+                retried: true,
+            }),
+            last_commit: None,
+            checked: None,
             db: Some(Arc::new(DbPart {
                 user_logins: Ok(110),
                 quarantined: Err("permission denied <x>".into()),
@@ -427,26 +579,32 @@ mod tests {
         assert!(html.contains("<td id=\"rate-recent\">–</td>"));
         assert!(html.contains("<p id=\"ips\" class=\"none\">None.</p>"));
         assert!(html.contains("<td>seal</td><td>2</td><td>active</td>"));
-    }
-
-    #[test]
-    fn the_recent_rate_covers_the_last_minute_only() {
-        let rates = RateWindow::default();
-        let t0 = Instant::now();
-        rates.sample_at(t0, 0);
-        assert_eq!(rates.per_second(t0, 0), None, "no span yet");
-        // 1000 messages in the first 30 s, then a stall: the last minute shows the stall.
-        rates.sample_at(t0 + Duration::from_secs(30), 1000);
-        rates.sample_at(t0 + Duration::from_secs(95), 1000);
-        let now = t0 + Duration::from_secs(100);
-        assert_eq!(rates.per_second(now, 1000), Some(0.0));
-        rates.sample_at(now, 1000);
-        // Oldest sample left is from 95 s: 500 messages over 15 s.
-        assert_eq!(
-            rates.per_second(now + Duration::from_secs(10), 1500),
-            Some(500.0 / 15.0)
+        assert!(
+            html.contains("<td id=\"queue-visible\">1200</td>"),
+            "{html}"
         );
-        // Nothing sampled in the minute before: no recent rate rather than a stale one.
-        assert_eq!(rates.per_second(now + Duration::from_secs(70), 1500), None);
+        assert!(html.contains("<td id=\"queue-in-flight\">30</td>"));
+        assert!(html.contains(
+            "<tr id=\"latency-minute\"><th>last minute</th><td>42 ms</td><td>900 ms</td><td>2.5 s</td></tr>"
+        ));
+        assert!(html.contains("<td colspan=\"3\">no rows committed</td>"));
+        assert!(html.contains("<td id=\"last-commit\">none yet</td>"));
+        assert!(html.contains("<svg id=\"chart\""));
+        assert!(
+            html.contains(
+                "<tr class=\"retrying\" id=\"stage-write\"><td>write</td><td>retrying</td>"
+            )
+        );
+        assert!(html.contains("<td>delete</td><td>waiting</td><td></td>"));
+        assert!(
+            html.contains("read_only from postgres in the write stage, retried, at "),
+            "{html}"
+        );
+        // A file run has no queue: no backlog, and nothing to delete.
+        let mut file = view();
+        file.backlog = None;
+        let html = render(&file);
+        assert!(html.contains("No queue: this run loads a file."));
+        assert!(html.contains("<td>delete</td><td>not used</td>"));
     }
 }

@@ -66,6 +66,15 @@ fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
     &rest[start..start + end]
 }
 
+/// The element with `id` up to its closing `</tr>` (a table row).
+fn row_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let rest = &dom[at..];
+    &rest[..rest.find("</tr>").unwrap_or(rest.len())]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() {
     let bin = chromium();
@@ -122,6 +131,23 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     )
     .await;
     tokio::time::sleep_until(spawned + Duration::from_secs(2)).await;
+    // The backlog is the observer's last read (every 5 s): wait until it has seen the queue empty.
+    let empty = [
+        r#"piivault_queue_messages{state="visible"} 0"#,
+        r#"piivault_queue_messages{state="in_flight"} 0"#,
+    ];
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        metrics = http_get(port, "/metrics").1;
+        if empty.iter().all(|e| metrics.lines().any(|l| l == *e)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        empty.iter().all(|e| metrics.lines().any(|l| l == *e)),
+        "{metrics}"
+    );
     let url = format!("http://127.0.0.1:{port}/");
     let dom = headless(&bin, &url, &["--dump-dom"]);
     assert!(dom.contains("<h1>piivault status</h1>"), "{dom}");
@@ -149,6 +175,33 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     );
     assert!(
         dom.contains("<td>token</td><td>1</td><td>active</td>"),
+        "{dom}"
+    );
+
+    // The operator's parts: backlog, latency, chart, stages, last error, newest commit.
+    for id in ["queue-visible", "queue-in-flight", "queue-delayed"] {
+        assert_eq!(text_of(&dom, id), "0", "#{id}");
+    }
+    for id in ["latency-minute", "latency-start"] {
+        let row = row_of(&dom, id);
+        let figures = row.matches(" ms</td>").count() + row.matches(" s</td>").count();
+        assert_eq!(figures, 3, "p50, p95, p99 in {row}");
+    }
+    let chart = &dom[dom.find("<svg id=\"chart\"").expect("no chart")..];
+    assert!(
+        chart[..chart.find("</svg>").unwrap()].contains("class=\"loaded\""),
+        "no loaded bar in the chart: {chart}"
+    );
+    for stage in ["receive", "write", "delete"] {
+        assert!(
+            row_of(&dom, &format!("stage-{stage}")).contains("<td>ok</td>"),
+            "{stage} in {dom}"
+        );
+    }
+    assert_eq!(text_of(&dom, "last-error"), "None.");
+    assert!(text_of(&dom, "last-commit").starts_with("at "), "{dom}");
+    assert!(
+        text_of(&dom, "dependencies").starts_with("Postgres: ok · SQS: ok"),
         "{dom}"
     );
 
@@ -194,6 +247,18 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     assert!(bytes.len() > 20_000, "a near-empty screenshot");
     println!("status page screenshot: {}", png.display());
+    // As a phone shows it: the same page at a phone's width, tables scroll inside themselves.
+    let phone = png.with_file_name("status-page-phone.png");
+    let _ = std::fs::remove_file(&phone);
+    headless(
+        &bin,
+        &url,
+        &[
+            &format!("--screenshot={}", phone.display()),
+            "--window-size=390,2400",
+        ],
+    );
+    assert_eq!(&std::fs::read(&phone).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
