@@ -108,6 +108,15 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
     let metrics = get(port, "/metrics").1;
     let down = r#"piivault_dependency_up{dependency="sqs"} 0"#;
     assert!(metrics.lines().any(|l| l == down), "{metrics}");
+    // The receives failed and were retried: the families served from their first sample on
+    // are there now.
+    for name in SERVED_FROM_FIRST_SAMPLE {
+        let declared = format!("# TYPE {name} ");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&declared)),
+            "{name} in:\n{metrics}"
+        );
+    }
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -148,6 +157,125 @@ fn alert_rules() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml")
 }
 
+/// The Grafana dashboard shipped for operators.
+fn grafana_dashboard() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/piivault.json")
+}
+
+/// Families `/metrics` serves only from their first sample on: their labels (an error's class)
+/// are not known before, and prometheus-client serves nothing of an empty family.
+/// `metrics_health_and_readiness_follow_a_real_run` sees them once SQS fails.
+const SERVED_FROM_FIRST_SAMPLE: &[&str] = &["piivault_errors_total"];
+
+/// Asserts every `piivault_*` name in `text` (from `what`) is one `served` (classic text format)
+/// declares, or one of [`SERVED_FROM_FIRST_SAMPLE`]: by its `# TYPE` line, which names a counter
+/// by its `_total` samples and a histogram by the base of its `_bucket`, `_count` and `_sum`
+/// samples.
+fn assert_names_served(text: &str, what: &str, served: &str) {
+    let declared = |name: &str, kinds: &[&str]| {
+        served.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|t| t.split_once(' '))
+                .is_some_and(|(n, kind)| n == name && (kinds.is_empty() || kinds.contains(&kind)))
+        })
+    };
+    for name in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("piivault_"))
+    {
+        let sample_of = ["_bucket", "_count", "_sum"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .any(|base| declared(base, &["histogram", "summary"]));
+        assert!(
+            declared(name, &[]) || sample_of || SERVED_FROM_FIRST_SAMPLE.contains(&name),
+            "{name} (in {what}) is not served:\n{served}"
+        );
+    }
+}
+
+/// Every PromQL expression of a Grafana dashboard: each `expr` (panel targets, nested rows,
+/// annotations) and each query variable's query, its `label_values(selector, label)` made the
+/// PromQL that answers the same.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value.as_str()) {
+                        ("expr", Some(expr)) => found.push(expr.to_owned()),
+                        _ => exprs(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    exprs(dashboard, &mut found);
+    let variables = dashboard["templating"]["list"].as_array().cloned();
+    for variable in variables.unwrap_or_default() {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let query = &variable["query"];
+        let query = query
+            .as_str()
+            .or(query["query"].as_str())
+            .unwrap_or_default();
+        let promql = match query.strip_prefix("label_values(") {
+            Some(args) => {
+                let args = args.strip_suffix(')').unwrap_or(args);
+                let (selector, label) = args
+                    .rsplit_once(',')
+                    .unwrap_or_else(|| panic!("label_values without a selector: {query}"));
+                format!("count by ({}) ({selector})", label.trim())
+            }
+            None => query.to_owned(),
+        };
+        found.push(promql);
+    }
+    found
+}
+
+/// `expr` with the Grafana variables the dashboard uses (`$name` or `${name}`) replaced by what
+/// Grafana sends for a 5-minute range and every instance; any other variable fails the test.
+fn grafana_substituted(expr: &str) -> String {
+    let value = |name: &str| match name {
+        "__rate_interval" | "__interval" => "1m",
+        "__range" => "5m",
+        "instance" => ".*",
+        other => panic!("a Grafana variable this test does not know, ${other}, in {expr}"),
+    };
+    let (mut out, mut rest) = (String::new(), expr);
+    while let Some((before, after)) = rest.split_once('$') {
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(braced) => braced.split_once('}').expect("an unclosed ${"),
+            None => after.split_at(
+                after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len()),
+            ),
+        };
+        out = out + before + value(name);
+        rest = tail;
+    }
+    out + rest
+}
+
+/// `text` percent-encoded for a URL's query string: every byte but RFC 3986's unreserved ones.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Runs `promtool` with `args` in `deploy/prometheus`, `stdin` piped in: (success, everything
 /// it printed).
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
@@ -176,7 +304,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let (ok, printed) = promtool(&["check", "rules", "alerts.yml"], None);
     assert!(
-        ok && printed.contains("SUCCESS: 6 rules found"),
+        ok && printed.contains("SUCCESS: 7 rules found"),
         "{printed}"
     );
     let (ok, printed) = promtool(&["test", "rules", "alerts_test.yml"], None);
@@ -226,14 +354,20 @@ impl TempPrometheus {
         }
     }
 
+    /// An instant query's HTTP status and answer (JSON null when the body is not JSON).
+    fn answer(&self, expr: &str) -> (u16, serde_json::Value) {
+        let path = format!("/api/v1/query?query={}", percent_encoded(expr));
+        let (status, body) = get(self.port, &path);
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
     /// The value of an instant query's single result, once it has one.
     fn query(&self, expr: &str) -> Option<f64> {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        let (status, body) = get(self.port, &format!("/api/v1/query?query={expr}"));
+        let (status, answer) = self.answer(expr);
         if status != 200 {
             return None;
         }
-        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
         let result = answer["data"]["result"].as_array()?;
         match result.as_slice() {
             [one] => one["value"][1].as_str()?.parse().ok(),
@@ -279,17 +413,7 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
     // against the real series.
     let served = get(port, "/metrics").1;
     let rules = std::fs::read_to_string(alert_rules()).unwrap();
-    for name in rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("piivault_"))
-    {
-        assert!(
-            served.lines().any(|l| l.starts_with(&format!("{name} "))
-                || l.starts_with(&format!("{name}{{"))
-                || l.starts_with(&format!("# TYPE {name} "))),
-            "{name} is not served:\n{served}"
-        );
-    }
+    assert_names_served(&rules, "the alert rules", &served);
     let mut health = Vec::new();
     for _ in 0..20 {
         let (_, body) = get(prometheus.port, "/api/v1/rules");
@@ -298,14 +422,28 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
             .as_array()
             .map(|rules| rules.iter().map(|r| r["health"].to_string()).collect())
             .unwrap_or_default();
-        if health.len() == 6 && health.iter().all(|h| h == "\"ok\"") {
+        if health.len() == 7 && health.iter().all(|h| h == "\"ok\"") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(health, vec!["\"ok\""; 6], "rule health");
+    assert_eq!(health, vec!["\"ok\""; 7], "rule health");
     let firing = prometheus.query("count(ALERTS)");
     assert_eq!(firing, None, "no alert fires on a healthy run");
+    // The same of the Grafana dashboard: every metric its queries name is served, and every
+    // query (Grafana's variables filled in) is PromQL the real Prometheus evaluates.
+    let dashboard = std::fs::read_to_string(grafana_dashboard()).unwrap();
+    let queries = dashboard_queries(&serde_json::from_str(&dashboard).unwrap());
+    assert!(!queries.is_empty(), "no query in the dashboard");
+    assert_names_served(&queries.join("\n"), "the Grafana dashboard", &served);
+    for expr in &queries {
+        let (status, answer) = prometheus.answer(&grafana_substituted(expr));
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (200, Some("success")),
+            "{expr}: {answer}"
+        );
+    }
     // The queue's depth, sampled every 5 s: empty once everything is deleted.
     let mut depth = None;
     for _ in 0..30 {
