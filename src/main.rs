@@ -44,7 +44,8 @@ enum LogFormat {
 enum Command {
     /// Apply database migrations (idempotent).
     Migrate(migrate::MigrateArgs),
-    /// Create and list data keys.
+    /// Data keys: init, status, rotate, rewrap (new KEK), reencrypt, retokenize, retire (crypto-
+    /// shredding), verify.
     Keys(keys::KeysArgs),
     /// Send synthetic login events to the queue.
     Seed(seed::SeedArgs),
