@@ -102,12 +102,68 @@ pub async fn run(args: SeedArgs, ctx: &Context) -> Result<(), Error> {
     print_line(&json!({"sent": sent, "malformed": synth.malformed, "seconds": seconds}).to_string())
 }
 
+/// Writes one body per line to a temporary file beside `path`, then renames it over `path`: an
+/// interrupted or failed run leaves the old file (or none), never a truncated one that a later
+/// `etl run --input` would load without warning.
 fn write_lines(path: &std::path::Path, bodies: &[String]) -> Result<(), Error> {
-    let file = std::fs::File::create(path)?;
-    let mut out = std::io::BufWriter::new(file);
-    for body in bodies {
-        writeln!(out, "{body}")?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("--output {} names no file", path.display())))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".partial-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+        for body in bodies {
+            writeln!(out, "{body}")?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        Error::WriteFile {
+            flag: "--output",
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leftovers(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".partial-"))
+            .collect()
     }
-    out.flush()?;
-    Ok(())
+
+    #[test]
+    fn output_is_replaced_whole_or_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        write_lines(&path, &["{\"a\":1}".into(), "{\"a\":2}".into()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        assert!(leftovers(dir.path()).is_empty());
+        // A target that cannot be replaced (a directory): the error is reported, nothing is
+        // left behind, and the directory is untouched.
+        let taken = dir.path().join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("inside"), "keep").unwrap();
+        assert!(write_lines(&taken, &["{}".into()]).is_err());
+        assert!(leftovers(dir.path()).is_empty());
+        assert_eq!(
+            std::fs::read_to_string(taken.join("inside")).unwrap(),
+            "keep"
+        );
+    }
 }

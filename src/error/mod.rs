@@ -114,6 +114,15 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// A file named by a flag cannot be written; the previous file, if any, is unchanged.
+    #[error(
+        "cannot write {flag} {path}: {source}.\nCheck that the directory exists and is writable; the previous file, if any, is unchanged."
+    )]
+    WriteFile {
+        flag: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     /// The vault's policy refused a reveal, a request or an approval; the refusal is audited.
     #[error(
         "the vault refused: {why} (audit row {audit_id}).\nSee the policy with `etl policy show`; a purpose under the two-person rule needs `etl reveal request`, approved by another login."
@@ -165,6 +174,7 @@ impl Error {
             Error::KeysChanging | Error::Stalled { .. } => TEMP_FAIL,
             Error::Verify { .. } | Error::AuditBroken(_) | Error::CheckpointFailed { .. } => DATA,
             Error::ReadFile { .. } => NO_INPUT,
+            Error::WriteFile { .. } => CANT_CREATE,
             Error::BadDataKey { .. } | Error::Integrity { .. } => DATA,
             Error::Output(_) => IO,
             Error::RevealRefused { .. } => NO_PERMISSION,
