@@ -17,9 +17,27 @@ etl=${ETL:-$(command -v etl || echo target/release/etl)}
 : "${PIIVAULT_KEK:?rotate-keys: set PIIVAULT_KEK}"
 
 say() { echo "rotate-keys: $*" >&2; }
-# `keys status --format json`: one compact object per key, fields sorted (purpose before state).
+# `keys status --format json`: one JSON object per key and line.
 status() { "$etl" keys status --format json; }
-has() { grep -Eq "\"purpose\":\"$1\".*\"state\":\"($2)\"" <<<"$keys"; }
+# "purpose version" of each key in $keys whose purpose is $1 (or any, for "*") and whose state is
+# one of the |-separated $2; parsed as JSON, so field order and spacing do not matter.
+keys_in() {
+  python3 -c '
+import json, sys
+purpose, states = sys.argv[1], sys.argv[2].split("|")
+for line in sys.stdin:
+    if line.strip():
+        key = json.loads(line)
+        if purpose in ("*", key["purpose"]) and key["state"] in states:
+            print(key["purpose"], key["version"])
+' "$1" "$2" <<<"$keys"
+}
+# Exits on a parse failure itself: errexit does not apply inside an `if` condition.
+has() {
+  local found
+  found=$(keys_in "$1" "$2") || { say "cannot parse etl keys status --format json"; exit 1; }
+  [ -n "$found" ]
+}
 
 # A purpose whose old version is not retired yet (or whose token key is pending) is mid-rotation:
 # finish it instead of rotating again. Decided per purpose, so a failure between the two
@@ -38,13 +56,11 @@ say "4/5 verify"
 "$etl" keys verify
 say "5/5 retire old versions"
 keys=$(status)
-{ grep '"state":"previous"' <<<"$keys" || true; } |
-  sed -E 's/.*"purpose":"([a-z]+)".*"version":([0-9]+).*/\1 \2/' |
-  while read -r purpose version; do
-    "$etl" keys retire --purpose "$purpose" --version "$version"
-  done
+keys_in '*' previous | while read -r purpose version; do
+  "$etl" keys retire --purpose "$purpose" --version "$version"
+done
 keys=$(status)
-if has '[a-z]+' 'previous|pending'; then
+if has '*' 'previous|pending'; then
   say "old or pending versions are still present:"; echo "$keys" >&2; exit 1
 fi
 "$etl" keys status
