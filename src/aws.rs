@@ -43,7 +43,20 @@ pub fn describe<E>(error: &SdkError<E, HttpResponse>) -> CallFailure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let context = || one_line(&aws_sdk_sqs::error::DisplayErrorContext(error).to_string());
+    // The chain of causes, each by its Display: the SDK's own context adds a Debug dump of
+    // every layer, which tells an operator nothing more.
+    let context = || {
+        let mut parts = vec![error.to_string()];
+        let mut cause = std::error::Error::source(error);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+            cause = e.source();
+        }
+        one_line(&parts.join(": "))
+    };
     match error {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => CallFailure {
             fault: Fault::Unreachable,

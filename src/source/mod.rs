@@ -145,7 +145,9 @@ pub enum SourceError {
         detail: String,
     },
     /// The input file cannot be read.
-    #[error("cannot read the input file {path}: {source}")]
+    #[error(
+        "cannot read the input file {path}: {source}.\nCheck the path, its permissions and (when gzipped) that the file is whole; a rerun loads only what is not loaded yet."
+    )]
     FileRead {
         path: String,
         source: std::io::Error,
