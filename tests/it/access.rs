@@ -9,8 +9,8 @@ const USER_IP: &str = "199.172.111.135";
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_them() {
     let s = Setup::new().await;
-    let (etl_name, etl_url) = s.login("piivault_etl").await;
-    let (analyst_name, analyst_url) = s.login("piivault_analyst").await;
+    let (_etl_name, etl_url) = s.login("piivault_etl").await;
+    let (_analyst_name, analyst_url) = s.login("piivault_analyst").await;
     let (auditor_name, auditor_url) = s.login("piivault_auditor").await;
 
     // The real ETL as a login holding only piivault_etl.
@@ -97,7 +97,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
             "SEC-17",
         ])
         .await;
-    reveal.ok();
+    reveal.assert_success();
     assert!(reveal.stdout.contains(USER_IP));
     assert!(
         !reveal
@@ -154,7 +154,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
     );
 
     // Key administration as a login holding only piivault_admin.
-    let (admin_name, admin_url) = s.login("piivault_admin").await;
+    let (_admin_name, admin_url) = s.login("piivault_admin").await;
     let admin = s.etl.clone().with("DATABASE_URL", &admin_url);
     admin
         .run(&["keys", "rotate", "--purpose", "seal"])
@@ -221,10 +221,6 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         ])
         .await;
     assert_eq!(none.stdout, "");
-
-    s.drop_logins(&[etl_name, analyst_name, auditor_name, admin_name])
-        .await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -308,7 +304,7 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
             "csv",
         ])
         .await;
-    csv.ok();
+    csv.assert_success();
     let lines: Vec<&str> = csv.stdout.lines().collect();
     assert_eq!(
         lines[0],
@@ -400,7 +396,6 @@ async fn selectors_formats_and_a_chain_that_shows_tampering() {
         truncated.stderr
     );
     drop(owner);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,7 +449,7 @@ async fn erase_removes_originals_rows_and_quarantined_bodies_and_is_audited() {
         .etl
         .run(&reveal_user("victim", "after erasure check"))
         .await;
-    after.ok();
+    after.assert_success();
     assert_eq!(after.stdout, "", "nothing left to reveal");
     let actions: Vec<(String, i32)> =
         sqlx::query_as("SELECT action, records FROM vault.reveal_audit ORDER BY id")
@@ -468,5 +463,4 @@ async fn erase_removes_originals_rows_and_quarantined_bodies_and_is_audited() {
     );
     s.etl.run(&["audit", "verify"]).await.json();
     s.etl.run(&["keys", "verify"]).await.json();
-    s.db.drop_db().await;
 }

@@ -25,7 +25,7 @@ fn reveal<'a>(user: &'a str, purpose: &'a str) -> [&'a str; 7] {
 async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (admin, admin_url) = s.login("piivault_admin").await;
+    let (_admin, admin_url) = s.login("piivault_admin").await;
     s.etl
         .clone()
         .with("DATABASE_URL", &admin_url)
@@ -38,7 +38,7 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
             "three users per login per day",
         ])
         .await
-        .ok();
+        .assert_success();
     let (a, _, as_a) = s.login_etl("piivault_auditor").await;
     let (b, _, as_b) = s.login_etl("piivault_auditor").await;
     for (user, purpose) in [
@@ -47,7 +47,7 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
         ("r1", "customer-support"),
         ("r3", "customer-support"),
     ] {
-        as_a.run(&reveal(user, purpose)).await.ok();
+        as_a.run(&reveal(user, purpose)).await.assert_success();
     }
     let over = as_a.run(&reveal("r4", "fraud-investigation")).await;
     assert_eq!(
@@ -55,7 +55,9 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
         "the fourth user is over the quota: {}",
         over.stderr
     );
-    as_b.run(&reveal("r5", "fraud-investigation")).await.ok();
+    as_b.run(&reveal("r5", "fraud-investigation"))
+        .await
+        .assert_success();
 
     let by_login = as_a
         .run(&["audit", "report", "--by", "login", "--format", "json"])
@@ -88,7 +90,7 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
         .run(&["audit", "report", "--by", "purpose", "--format", "csv"])
         .await;
     assert_eq!(
-        by_purpose.ok().stdout,
+        by_purpose.assert_success().stdout,
         "purpose,reveals,records,users,refusals,requests,approvals\n\
          fraud-investigation,3,6,3,1,0,0\n\
          customer-support,2,4,2,0,0,0\n"
@@ -106,20 +108,24 @@ async fn the_report_counts_reveals_users_and_refusals_per_login_and_purpose() {
             "json",
         ])
         .await;
-    assert_eq!(later.ok().stdout, "");
+    assert_eq!(later.assert_success().stdout, "");
     let table = as_a.run(&["audit", "report", "--by", "login"]).await;
-    assert!(table.ok().stdout.starts_with("login"), "{}", table.stdout);
+    assert!(
+        table.assert_success().stdout.starts_with("login"),
+        "{}",
+        table.stdout
+    );
     assert!(!table.stdout.contains("10.6.") && !table.stdout.contains("rdev-"));
-    s.drop_logins(&[admin, a, b]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (auditor, _, etl) = s.login_etl("piivault_auditor").await;
-    etl.run(&reveal("r1", "fraud-investigation")).await.ok();
+    let (_auditor, _, etl) = s.login_etl("piivault_auditor").await;
+    etl.run(&reveal("r1", "fraud-investigation"))
+        .await
+        .assert_success();
     // 5,100 more rows, appended by the server's own function (as the owner), so the export
     // (1,000 rows a page) and the chain check (5,000) both cross page boundaries.
     for n in [2000, 2000, 1100] {
@@ -132,7 +138,9 @@ async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
         .await
         .unwrap();
     }
-    etl.run(&reveal("r2", "legal-request")).await.ok();
+    etl.run(&reveal("r2", "legal-request"))
+        .await
+        .assert_success();
     let total = s.db.count("SELECT count(*) FROM vault.reveal_audit").await;
     assert_eq!(total, 5102);
 
@@ -191,6 +199,4 @@ async fn the_export_streams_every_row_in_pages_and_resumes_by_id() {
         "{}",
         edited.stderr
     );
-    s.drop_logins(&[auditor]).await;
-    s.db.drop_db().await;
 }

@@ -24,7 +24,7 @@ async fn auditor(s: &Setup, signer: &str) -> (String, Etl) {
 /// Runs `etl audit checkpoint` and appends its line to `file`; returns the line as JSON.
 async fn checkpoint(etl: &Etl, file: &Path) -> serde_json::Value {
     let run = etl.run(&["audit", "checkpoint"]).await;
-    let line = run.ok().stdout.trim().to_owned();
+    let line = run.assert_success().stdout.trim().to_owned();
     assert_eq!(line.lines().count(), 1, "one JSON line: {line}");
     let mut text = std::fs::read_to_string(file).unwrap_or_default();
     text.push_str(&line);
@@ -73,7 +73,11 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
         .etl
         .run(&["audit", "signer-init", "--output", &signer_arg])
         .await;
-    assert!(init.ok().stdout.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert!(
+        init.assert_success()
+            .stdout
+            .starts_with("-----BEGIN PUBLIC KEY-----\n")
+    );
     let pem = dir.path().join("signer.pub.pem");
     std::fs::write(&pem, &init.stdout).unwrap();
     let again = s
@@ -87,13 +91,13 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
         again.stderr
     );
 
-    let (name, etl) = auditor(&s, &format!("file:{signer_arg}")).await;
+    let (_name, etl) = auditor(&s, &format!("file:{signer_arg}")).await;
     etl.run(&reveal_user("c1", "checkpoint case one"))
         .await
-        .ok();
+        .assert_success();
     etl.run(&reveal_user("c2", "checkpoint case two"))
         .await
-        .ok();
+        .assert_success();
     let file = dir.path().join("checkpoints.jsonl");
     let first = checkpoint(&etl, &file).await;
     assert_eq!(first["head_id"], 2);
@@ -106,7 +110,7 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
     );
     etl.run(&reveal_user("c1", "checkpoint case three"))
         .await
-        .ok();
+        .assert_success();
     assert_eq!(checkpoint(&etl, &file).await["head_id"], 3);
 
     let ok = run_owned(&etl, &verify_args(&file)).await.json();
@@ -168,7 +172,7 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
     s.etl
         .run(&["audit", "signer-init", "--output", &rogue_arg])
         .await
-        .ok();
+        .assert_success();
     let rogue_file = dir.path().join("rogue.jsonl");
     checkpoint(
         &etl.clone()
@@ -219,8 +223,6 @@ async fn a_file_signed_checkpoint_catches_a_deleted_newest_row_and_an_edited_lin
     assert_eq!(no_key.code, 64, "{}", no_key.stderr);
     let missing = run_owned(&etl, &verify_args(&dir.path().join("none.jsonl"))).await;
     assert_eq!(missing.code, 66, "{}", missing.stderr);
-    s.drop_logins(&[name]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,10 +240,10 @@ async fn a_kms_signed_checkpoint_verifies_with_kms_or_its_public_key_alone() {
         .await
         .unwrap();
     let key_id = key.key_metadata.unwrap().key_id;
-    let (name, etl) = auditor(&s, &format!("kms:{key_id}")).await;
+    let (_name, etl) = auditor(&s, &format!("kms:{key_id}")).await;
     etl.run(&reveal_user("c1", "kms checkpoint case"))
         .await
-        .ok();
+        .assert_success();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("checkpoints.jsonl");
     let line = checkpoint(&etl, &file).await;
@@ -252,7 +254,7 @@ async fn a_kms_signed_checkpoint_verifies_with_kms_or_its_public_key_alone() {
 
     let pem = etl.run(&["audit", "public-key"]).await;
     let pem_file = dir.path().join("kms.pub.pem");
-    std::fs::write(&pem_file, &pem.ok().stdout).unwrap();
+    std::fs::write(&pem_file, &pem.assert_success().stdout).unwrap();
     let mut offline = verify_args(&file);
     offline.extend(["--public-key".into(), pem_file.display().to_string()]);
     let without_kms = etl.clone().without("PIIVAULT_AUDIT_SIGNER");
@@ -260,7 +262,7 @@ async fn a_kms_signed_checkpoint_verifies_with_kms_or_its_public_key_alone() {
 
     etl.run(&reveal_user("c2", "kms checkpoint case two"))
         .await
-        .ok();
+        .assert_success();
     checkpoint(&etl, &file).await;
     delete_newest_row(&s).await;
     let caught = run_owned(&without_kms, &offline).await;
@@ -282,6 +284,4 @@ async fn a_kms_signed_checkpoint_verifies_with_kms_or_its_public_key_alone() {
         "{}",
         unfit.stderr
     );
-    s.drop_logins(&[name]).await;
-    s.db.drop_db().await;
 }

@@ -64,14 +64,13 @@ async fn seed_sends_the_requested_mix_and_it_loads() {
         assert_eq!(out["written"], 50);
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_status_lists_versions_never_key_material() {
     let s = Setup::new().await;
     let table = s.etl.run(&["keys", "status"]).await;
-    table.ok();
+    table.assert_success();
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", table.stdout);
     assert!(
@@ -79,7 +78,7 @@ async fn keys_status_lists_versions_never_key_material() {
     );
     assert!(lines[2].starts_with("token ") && lines[2].contains(&s.kek.uri()));
     let json = s.etl.run(&["keys", "status", "--format", "json"]).await;
-    json.ok();
+    json.assert_success();
     let rows: Vec<serde_json::Value> = json
         .stdout
         .lines()
@@ -112,5 +111,4 @@ async fn keys_status_lists_versions_never_key_material() {
         let hex = hex::encode(&bytes[..8]);
         assert!(!table.stdout.contains(&hex) && !json.stdout.contains(&hex));
     }
-    s.db.drop_db().await;
 }

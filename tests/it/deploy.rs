@@ -261,7 +261,6 @@ async fn the_pods_commands_work_as_the_images_user_probed_and_stopped_like_kuber
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
     assert_eq!(queue_depth(&queue_url).await, 0, "every message deleted");
-    db.drop_db().await;
 }
 
 /// True when the test process runs as root (and may start etl as another user).

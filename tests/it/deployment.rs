@@ -5,16 +5,15 @@
 use aws_sdk_kms::primitives::Blob;
 use piivault::kek::{Kek, KekError, WrapContext};
 
-use crate::support::{Etl, TestDb, TestKek, aws_config, kms_kek, queue, sample_path};
+use crate::support::{Etl, Setup, TestDb, TestKek, aws_config, kms_kek, sample_path};
 
-/// A migrated database with keys created by `keys init` for `deployment`.
-async fn deployed(kek: &str, deployment: &str) -> (TestDb, Etl) {
-    let db = TestDb::new().await;
-    let etl = Etl::new(&db.url, &queue(30).await, kek).with("PIIVAULT_DEPLOYMENT", deployment);
-    etl.run(&["migrate"]).await.ok();
+/// A migrated database with keys created by `keys init` for `deployment`, and `etl` for it.
+async fn deployed(kek: &str, deployment: &str) -> (Setup, Etl) {
+    let s = Setup::builder().kek(kek).without_keys().build().await;
+    let etl = s.etl.clone().with("PIIVAULT_DEPLOYMENT", deployment);
     let init = etl.run(&["keys", "init"]).await.json();
     assert_eq!(init["deployment"], deployment);
-    (db, etl)
+    (s, etl)
 }
 
 /// (purpose, version, deployment, wrapped) of every stored key.
@@ -30,8 +29,9 @@ async fn stored(db: &TestDb) -> Vec<(String, i32, Option<String>, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_of_another_deployment_are_refused_by_name_under_a_file_kek() {
     let kek = TestKek::new();
-    let (db, prod) = deployed(&kek.uri(), "prod-a").await;
-    let keys = stored(&db).await;
+    let (s, prod) = deployed(&kek.uri(), "prod-a").await;
+    let db = &s.db;
+    let keys = stored(db).await;
     assert_eq!(keys.len(), 2);
     assert!(
         keys.iter()
@@ -65,7 +65,7 @@ async fn keys_of_another_deployment_are_refused_by_name_under_a_file_kek() {
         .run(&["keys", "rewrap", "--to-kek", &kek.uri()])
         .await;
     assert_eq!(rewrap.code, 78, "{}", rewrap.stderr);
-    assert_eq!(stored(&db).await, keys, "refused jobs change no key");
+    assert_eq!(stored(db).await, keys, "refused jobs change no key");
     // Unset, the database's name stands in, and the message says so.
     let unset = prod.clone().without("PIIVAULT_DEPLOYMENT");
     let defaulted = unset.run(&["keys", "verify"]).await;
@@ -91,21 +91,21 @@ async fn keys_of_another_deployment_are_refused_by_name_under_a_file_kek() {
         bad.stderr
     );
 
-    prod.run(&["keys", "verify"]).await.ok();
+    prod.run(&["keys", "verify"]).await.assert_success();
     // The global flag wins over the variable.
     staging
         .run(&["--deployment", "prod-a", "keys", "verify"])
         .await
-        .ok();
-    db.drop_db().await;
+        .assert_success();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kms_wrapped_key_copied_and_relabelled_does_not_unwrap_in_another_deployment() {
     let kek = kms_kek().await;
-    let (db_a, _a) = deployed(&kek, "a").await;
-    let (db_b, b) = deployed(&kek, "b").await;
-    let seal_a = stored(&db_a).await.remove(0);
+    let (a, _a) = deployed(&kek, "a").await;
+    let (b_setup, b) = deployed(&kek, "b").await;
+    let (db_a, db_b) = (&a.db, &b_setup.db);
+    let seal_a = stored(db_a).await.remove(0);
     assert_eq!((seal_a.0.as_str(), seal_a.1), ("seal", 1));
     let wrapped_a = seal_a.3;
 
@@ -185,14 +185,13 @@ async fn a_kms_wrapped_key_copied_and_relabelled_does_not_unwrap_in_another_depl
         );
     }
     assert_eq!(db_b.count("SELECT count(*) FROM user_logins").await, 0);
-    db_a.drop_db().await;
-    db_b.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
     let kek = TestKek::new();
-    let (db, etl) = deployed(&kek.uri(), "prod-a").await;
+    let (s, etl) = deployed(&kek.uri(), "prod-a").await;
+    let db = &s.db;
     etl.run(&["run", "--input", sample_path().to_str().unwrap()])
         .await
         .json();
@@ -239,7 +238,7 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
             .with("PIIVAULT_DEPLOYMENT", deployment)
             .run(&["keys", "verify"])
             .await;
-        verify.ok();
+        verify.assert_success();
         assert_eq!(
             verify
                 .stderr
@@ -251,7 +250,11 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
         );
     }
     let status = etl.run(&["keys", "status"]).await;
-    assert!(status.ok().stdout.contains(" legacy "), "{}", status.stdout);
+    assert!(
+        status.assert_success().stdout.contains(" legacy "),
+        "{}",
+        status.stdout
+    );
 
     let out = etl
         .run(&["keys", "rewrap", "--to-kek", &kek.uri()])
@@ -260,7 +263,7 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
     assert_eq!(out["rewrapped"], 2);
     assert_eq!(out["bound_legacy"], 2);
     assert_eq!(out["deployment"], "prod-a");
-    let keys = stored(&db).await;
+    let keys = stored(db).await;
     assert!(
         keys.iter()
             .all(|(_, _, d, _)| d.as_deref() == Some("prod-a")),
@@ -286,7 +289,7 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
         }
     }
     let verify = etl.run(&["keys", "verify"]).await;
-    verify.ok();
+    verify.assert_success();
     assert!(
         !verify
             .stderr
@@ -300,5 +303,4 @@ async fn legacy_keys_still_open_and_rewrap_to_the_same_kek_binds_them() {
         .run(&["keys", "verify"])
         .await;
     assert_eq!(refused.code, 78, "{}", refused.stderr);
-    db.drop_db().await;
 }

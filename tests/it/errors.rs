@@ -1,25 +1,6 @@
 //! Bad input is quarantined with a reason; bad settings give one clear line and a documented code.
 
-use std::os::unix::fs::PermissionsExt;
-
-use crate::support::{Etl, Run, Setup, TestDb, TestKek, queue_depth, reveal_user, send};
-
-/// Asserts a one-line error with the exit code and text.
-fn assert_error(run: &Run, code: i32, text: &str) {
-    assert_eq!(run.code, code, "stderr: {}", run.stderr);
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "exactly one error line: {}", run.stderr);
-    assert!(
-        errors[0].contains(text),
-        "expected {text:?} in {:?}",
-        errors[0]
-    );
-    assert_eq!(run.stdout, "", "nothing on stdout");
-}
+use crate::support::{Run, Setup, TestDb, TestKek, queue_depth, send};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_bodies_are_quarantined_with_reasons_and_nothing_is_lost() {
@@ -94,173 +75,244 @@ async fn malformed_bodies_are_quarantined_with_reasons_and_nothing_is_lost() {
         device, None,
         "a null device_id is kept as NULL, the row is loaded"
     );
-    s.db.drop_db().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_or_unreachable_services_give_a_clear_line_and_code() {
-    let s = Setup::new().await;
-    let missing_db = s
-        .etl
-        .clone()
-        .without("DATABASE_URL")
-        .run(&["run", "--drain"])
-        .await;
-    assert_error(&missing_db, 78, "DATABASE_URL is not set");
-    let missing_queue = s
-        .etl
-        .clone()
-        .without("SQS_QUEUE_URL")
-        .run(&["run", "--drain"])
-        .await;
-    assert_error(&missing_queue, 78, "SQS_QUEUE_URL is not set");
+/// One CLI error case: `etl ARGS` with the environment changed, its exit code and its one
+/// `error:` line, exactly. `{name}` in a value or the line is replaced by the prepared resource.
+struct Case {
+    name: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, Option<&'static str>)],
+    code: i32,
+    line: &'static str,
+}
 
-    let no_pg = s
-        .etl
-        .clone()
-        .with(
+const DRAIN: &[&str] = &["run", "--drain", "--wait-time-secs", "1"];
+
+/// Bad settings, missing services and refused keys: each one line and a documented code, before
+/// anything is read from the queue or written.
+const CASES: &[Case] = &[
+    Case {
+        name: "DATABASE_URL unset",
+        args: DRAIN,
+        env: &[("DATABASE_URL", None)],
+        code: 78,
+        line: "error: DATABASE_URL is not set. Set it to postgres://user:password@host:5432/database.",
+    },
+    Case {
+        name: "SQS_QUEUE_URL unset",
+        args: DRAIN,
+        env: &[("SQS_QUEUE_URL", None)],
+        code: 78,
+        line: "error: SQS_QUEUE_URL is not set. Set it (or --queue-url) to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/logins.",
+    },
+    Case {
+        name: "PIIVAULT_KEK unset",
+        args: DRAIN,
+        env: &[("PIIVAULT_KEK", None)],
+        code: 78,
+        line: "error: PIIVAULT_KEK is not set. Set it to file:<path> (a 32-byte key file, mode 0600) or kms:<key-id|alias|arn>.",
+    },
+    Case {
+        name: "Postgres unreachable (the password never printed)",
+        args: &["migrate"],
+        env: &[(
             "DATABASE_URL",
-            "postgres://postgres:secret-pw@127.0.0.1:1/none",
-        )
-        .run(&["migrate"])
-        .await;
-    assert_error(&no_pg, 69, "cannot connect to Postgres (DATABASE_URL)");
-    assert!(!no_pg.stderr.contains("secret-pw"));
-
-    let no_sqs = s
-        .etl
-        .clone()
-        .with("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-        .run(&[
+            Some("postgres://postgres:secret-pw@127.0.0.1:1/none"),
+        )],
+        code: 69,
+        line: "error: cannot connect to Postgres (DATABASE_URL): pool timed out while waiting for an open connection. Check that Postgres is running and DATABASE_URL is right (scripts/stack.sh up starts a local one).",
+    },
+    Case {
+        name: "SQS unreachable",
+        args: &[
             "run",
             "--drain",
             "--wait-time-secs",
             "1",
             "--max-outage-secs",
             "2",
-        ])
-        .await;
-    assert_error(&no_sqs, 69, "SQS is unreachable (GetQueueAttributes");
-    let no_queue_url = s.queue.replace("/pv-", "/nonexistent-pv-");
-    let no_queue = s
-        .etl
-        .clone()
-        .with("SQS_QUEUE_URL", &no_queue_url)
-        .run(&["run", "--drain", "--wait-time-secs", "1"])
-        .await;
-    assert_error(&no_queue, 78, "does not exist");
+        ],
+        env: &[("AWS_ENDPOINT_URL", Some("http://127.0.0.1:1"))],
+        code: 69,
+        line: "error: SQS is unreachable (GetQueueAttributes on {queue}): dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111). Check SQS_QUEUE_URL, AWS_ENDPOINT_URL / AWS_REGION and the network, then retry.",
+    },
+    Case {
+        name: "the queue does not exist",
+        args: DRAIN,
+        env: &[("SQS_QUEUE_URL", Some("{missing_queue}"))],
+        code: 78,
+        line: "error: the SQS queue {missing_queue} does not exist (AWS.SimpleQueueService.NonExistentQueue: The specified queue does not exist. (HTTP 400)). Check SQS_QUEUE_URL (and AWS_REGION).",
+    },
+    Case {
+        name: "the database is not migrated",
+        args: DRAIN,
+        env: &[("DATABASE_URL", Some("{fresh_db}"))],
+        code: 78,
+        line: "error: reading the key states failed: the piivault tables are missing (relation \"vault.data_keys\" does not exist (SQLSTATE 42P01)). Run `etl migrate` first.",
+    },
+    Case {
+        name: "no data keys yet",
+        args: DRAIN,
+        env: &[("DATABASE_URL", Some("{keyless_db}"))],
+        code: 78,
+        line: "error: no seal key exists in vault.data_keys. Run `etl keys init` first.",
+    },
+    Case {
+        name: "keys init when keys exist",
+        args: &["keys", "init"],
+        env: &[],
+        code: 73,
+        line: "error: vault.data_keys already holds 2 key(s); `etl keys init` never overwrites keys. See them with `etl keys status`.",
+    },
+    Case {
+        name: "keys init --if-missing under a KEK that does not open them",
+        args: &["keys", "init", "--if-missing"],
+        env: &[("PIIVAULT_KEK", Some("{other_kek}"))],
+        code: 78,
+        line: "error: cannot unwrap the seal key v1 (deployment {db_name}) with PIIVAULT_KEK={other_kek}: wrong key-encryption key, wrong context (a key copied from another deployment?), or the wrapped key was altered. The key was wrapped under {kek}; set PIIVAULT_KEK to that key.",
+    },
+    Case {
+        name: "a KEK URI of an unknown kind",
+        args: DRAIN,
+        env: &[("PIIVAULT_KEK", Some("vault:xyz"))],
+        code: 78,
+        line: "error: PIIVAULT_KEK (scheme \"vault:\") is not a key-encryption key URI. Use file:<path> or kms:<key-id|alias|arn>.",
+    },
+    Case {
+        name: "a KEK file that does not exist",
+        args: DRAIN,
+        env: &[("PIIVAULT_KEK", Some("file:/nonexistent/kek.bin"))],
+        code: 78,
+        line: "error: cannot read the key-encryption key file /nonexistent/kek.bin: No such file or directory (os error 2). Create one with `(umask 077; head -c 32 /dev/urandom > /nonexistent/kek.bin)`.",
+    },
+    Case {
+        name: "a KEK file others may read",
+        args: DRAIN,
+        env: &[("PIIVAULT_KEK", Some("{loose_kek}"))],
+        code: 78,
+        line: "error: the key-encryption key file {loose_kek_path} is readable by group or others (mode 644). Run `chmod 600 {loose_kek_path}`.",
+    },
+    Case {
+        name: "run under another KEK",
+        args: DRAIN,
+        env: &[("PIIVAULT_KEK", Some("{other_kek}"))],
+        code: 78,
+        line: "error: cannot unwrap the seal key v1 (deployment {db_name}) with PIIVAULT_KEK={other_kek}: wrong key-encryption key, wrong context (a key copied from another deployment?), or the wrapped key was altered. The key was wrapped under {kek}; set PIIVAULT_KEK to that key.",
+    },
+    Case {
+        name: "reveal under another KEK",
+        args: &[
+            "reveal",
+            "--user-id",
+            "x",
+            "--purpose",
+            "fraud-investigation",
+            "--reason",
+            "wrong kek check",
+        ],
+        env: &[("PIIVAULT_KEK", Some("{other_kek}"))],
+        code: 78,
+        line: "error: cannot unwrap the seal key v1 (deployment {db_name}) with PIIVAULT_KEK={other_kek}: wrong key-encryption key, wrong context (a key copied from another deployment?), or the wrapped key was altered. The key was wrapped under {kek}; set PIIVAULT_KEK to that key.",
+    },
+    Case {
+        name: "the --input file is missing",
+        args: &["run", "--input", "/nonexistent/piivault-logins.json"],
+        env: &[],
+        code: 66,
+        line: "error: cannot read the input file /nonexistent/piivault-logins.json: No such file or directory (os error 2). Check the path, its permissions and (when gzipped) that the file is whole; a rerun loads only what is not loaded yet.",
+    },
+];
 
-    let not_migrated = TestDb::new().await;
-    let fresh = s
-        .etl
-        .clone()
-        .with("DATABASE_URL", &not_migrated.url)
-        .run(&["run", "--drain"])
-        .await;
-    assert_error(&fresh, 78, "Run `etl migrate` first");
+#[tokio::test(flavor = "multi_thread")]
+async fn each_cli_error_case_exits_with_its_code_and_one_exact_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new().await;
+    let fresh = TestDb::new().await;
+    let keyless = TestDb::new().await;
     s.etl
         .clone()
-        .with("DATABASE_URL", &not_migrated.url)
+        .with("DATABASE_URL", &keyless.url)
         .run(&["migrate"])
         .await
-        .ok();
-    let no_keys = s
-        .etl
-        .clone()
-        .with("DATABASE_URL", &not_migrated.url)
-        .run(&["run", "--drain"])
-        .await;
-    assert_error(&no_keys, 78, "Run `etl keys init` first");
-    let again = s.etl.run(&["keys", "init"]).await;
-    assert_error(&again, 73, "never overwrites keys");
-    // Set-up jobs run on every deploy: --if-missing succeeds when the keys exist and the KEK opens
-    // them, and still refuses a KEK that does not.
-    let idempotent = s.etl.run(&["keys", "init", "--if-missing"]).await.json();
-    assert_eq!(idempotent["existing"], 2);
-    assert_eq!(idempotent["created"], serde_json::json!([]));
-    let other_kek = TestKek::new();
-    let wrong = s
-        .etl
-        .clone()
-        .with("PIIVAULT_KEK", &other_kek.uri())
-        .run(&["keys", "init", "--if-missing"])
-        .await;
-    assert_eq!(wrong.code, 78, "{}", wrong.stderr);
-    assert_eq!(
-        s.db.count("SELECT count(*) FROM vault.data_keys").await,
-        2,
-        "nothing created"
+        .assert_success();
+    let (other, loose) = (TestKek::new(), TestKek::new());
+    std::fs::set_permissions(&loose.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let resources = [
+        ("{queue}", s.queue.0.clone()),
+        ("{db_name}", s.db.name.clone()),
+        ("{kek}", s.kek.uri()),
+        (
+            "{missing_queue}",
+            s.queue.replace("/pv-", "/nonexistent-pv-"),
+        ),
+        ("{fresh_db}", fresh.url.clone()),
+        ("{keyless_db}", keyless.url.clone()),
+        ("{other_kek}", other.uri()),
+        ("{loose_kek}", loose.uri()),
+        ("{loose_kek_path}", loose.path.display().to_string()),
+    ];
+    let fill = |text: &str| {
+        resources
+            .iter()
+            .fold(text.to_owned(), |t, (name, value)| t.replace(name, value))
+    };
+    let mut failed = Vec::new();
+    for case in CASES {
+        let mut etl = s.etl.clone();
+        for (name, value) in case.env {
+            etl = match value {
+                Some(value) => etl.with(name, &fill(value)),
+                None => etl.without(name),
+            };
+        }
+        let run = etl.run(case.args).await;
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        let want = fill(case.line);
+        if run.code != case.code || errors != [want.as_str()] || !run.stdout.is_empty() {
+            failed.push(format!(
+                "{}: want {} {want:?}, got {} {errors:?} (stdout {:?})",
+                case.name, case.code, run.code, run.stdout
+            ));
+        }
+        assert!(
+            !run.stderr.contains("secret-pw"),
+            "{}: {}",
+            case.name,
+            run.stderr
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases:\n{}",
+        failed.len(),
+        CASES.len(),
+        failed.join("\n")
     );
-    not_migrated.drop_db().await;
-
-    let usage = s.etl.run(&["run", "--no-such-flag"]).await;
-    assert_eq!(usage.code, 64);
-    s.db.drop_db().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_bad_key_encryption_key_is_refused_before_anything_is_read() {
-    let s = Setup::new().await;
-    let drain = ["run", "--drain", "--wait-time-secs", "1"];
-    assert_error(
-        &s.etl.clone().without("PIIVAULT_KEK").run(&drain).await,
-        78,
-        "PIIVAULT_KEK is not set",
-    );
-    assert_error(
-        &s.etl
-            .clone()
-            .with("PIIVAULT_KEK", "vault:xyz")
-            .run(&drain)
-            .await,
-        78,
-        "is not a key-encryption key URI",
-    );
-    assert_error(
-        &s.etl
-            .clone()
-            .with("PIIVAULT_KEK", "file:/nonexistent/kek.bin")
-            .run(&drain)
-            .await,
-        78,
-        "cannot read the key-encryption key file /nonexistent/kek.bin",
-    );
-    std::fs::set_permissions(&s.kek.path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let readable = s.etl.run(&drain).await;
-    assert_error(&readable, 78, "Run `chmod 600");
-    std::fs::set_permissions(&s.kek.path, std::fs::Permissions::from_mode(0o600)).unwrap();
-
-    let wrong = TestKek::new();
-    let run = s
-        .etl
-        .clone()
-        .with("PIIVAULT_KEK", &wrong.uri())
-        .run(&drain)
-        .await;
-    assert_error(&run, 78, "cannot unwrap the seal key v1");
-    let reveal = Etl { ..s.etl.clone() }
-        .with("PIIVAULT_KEK", &wrong.uri())
-        .run(&reveal_user("x", "wrong kek check"))
-        .await;
-    assert_error(&reveal, 78, "cannot unwrap");
+    // Nothing was written by any refused command.
+    assert_eq!(s.db.count("SELECT count(*) FROM vault.data_keys").await, 2);
     assert_eq!(
         s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
-        0,
-        "nothing written"
+        0
     );
-    s.db.drop_db().await;
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn no_input_output_errors_and_persistent_conflicts_have_their_own_codes() {
+async fn a_usage_error_exits_64() {
     let s = Setup::new().await;
+    let usage = s.etl.run(&["run", "--no-such-flag"]).await;
+    assert_eq!(usage.code, 64, "{}", usage.stderr);
+    assert!(usage.stderr.contains("--no-such-flag"), "{}", usage.stderr);
+}
 
-    // 66: the --input file is missing; nothing is connected to or written.
-    let missing = s
-        .etl
-        .run(&["run", "--input", "/nonexistent/piivault-logins.json"])
-        .await;
-    assert_error(&missing, 66, "/nonexistent/piivault-logins.json");
+#[tokio::test(flavor = "multi_thread")]
+async fn output_errors_and_persistent_conflicts_have_their_own_codes() {
+    let s = Setup::new().await;
 
     // 74: stdout cannot be written (a full device).
     let full = std::fs::OpenOptions::new()
@@ -325,5 +377,4 @@ async fn no_input_output_errors_and_persistent_conflicts_have_their_own_codes() 
     assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 0);
     assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 0);
     assert_eq!(queue_depth(&s.queue).await, 5, "nothing deleted");
-    s.db.drop_db().await;
 }

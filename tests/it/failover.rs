@@ -8,32 +8,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::support::{Etl, TempCluster, TestKek, queue, queue_depth, send, sqs};
+use crate::support::{Setup, TempCluster, queue_depth, send};
 
 fn bodies(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!(r#"{{"user_id":"{prefix}-{i}","ip":"10.4.{}.{}","device_id":"dev-{prefix}-{i}","locale":"FR"}}"#, i / 250, i % 250))
         .collect()
-}
-
-/// A queue of the test's own, deleted when the test ends, passing or failing.
-struct OwnQueue(String);
-
-impl Drop for OwnQueue {
-    fn drop(&mut self) {
-        let url = self.0.clone();
-        // Drop cannot await, and may run on the test's runtime: a thread with its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let _ = sqs().await.delete_queue().queue_url(url).send().await;
-                })
-        })
-        .join();
-    }
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
@@ -62,15 +42,15 @@ async fn set_read_only(admin: &PgPool, on: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_database_is_retried_until_writable_and_nothing_is_lost() {
     let cluster = TempCluster::start();
-    let own_queue = OwnQueue(queue(10).await);
-    let queue_url = own_queue.0.clone();
-    let kek = TestKek::new();
-    let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
+    let s = Setup::builder()
+        .cluster(&cluster)
+        .visibility(10)
+        .build()
+        .await;
+    let (queue_url, etl) = (&*s.queue, s.etl.clone());
     // The admin session asks for read-write at connect: a client setting outranks the reloaded
     // configuration, so it can always turn read-only off again.
-    let options: PgConnectOptions = cluster.url().parse().unwrap();
+    let options: PgConnectOptions = s.db.url.parse().unwrap();
     let admin = PgPoolOptions::new()
         .max_connections(3)
         .connect_with(options.options([("default_transaction_read_only", "off")]))
@@ -78,7 +58,7 @@ async fn a_read_only_database_is_retried_until_writable_and_nothing_is_lost() {
         .unwrap();
 
     let before = 300;
-    send(&queue_url, &bodies("before", before)).await;
+    send(queue_url, &bodies("before", before)).await;
     // A lock on user_logins holds the first batch back, so the run cannot finish before the
     // database turns read-only.
     let mut lock = admin.begin().await.unwrap();
@@ -127,7 +107,7 @@ async fn a_read_only_database_is_retried_until_writable_and_nothing_is_lost() {
     set_read_only(&admin, true).await;
     lock.rollback().await.unwrap();
     let during = 100;
-    send(&queue_url, &bodies("during", during)).await;
+    send(queue_url, &bodies("during", during)).await;
 
     // The run must be retrying the read-only refusal, not failing or hanging silently.
     let until = Instant::now() + Duration::from_secs(30);
@@ -190,6 +170,6 @@ async fn a_read_only_database_is_retried_until_writable_and_nothing_is_lost() {
         count(&admin, "SELECT count(*) FROM etl.quarantine").await,
         0
     );
-    assert_eq!(queue_depth(&queue_url).await, 0, "every message deleted");
+    assert_eq!(queue_depth(queue_url).await, 0, "every message deleted");
     admin.close().await;
 }

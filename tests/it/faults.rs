@@ -58,7 +58,6 @@ async fn a_slow_batch_keeps_its_messages_invisible_until_committed() {
         "{first}"
     );
     assert_eq!(queue_depth(&s.queue).await, 0);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,7 +87,7 @@ async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
     assert!(!run.stderr.contains("FRA") && !run.stderr.contains("10.4.4.4"));
 
     let list = s.etl.run(&["quarantine", "list", "--format", "json"]).await;
-    list.ok();
+    list.assert_success();
     let entries: Vec<serde_json::Value> = list
         .stdout
         .lines()
@@ -133,9 +132,8 @@ async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
     );
     assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 0);
     let reveal = s.etl.run(&reveal_user("poison", "replay check")).await;
-    reveal.ok();
+    reveal.assert_success();
     assert!(reveal.stdout.contains("10.4.4.4"));
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,7 +153,7 @@ async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
         .await;
     let (a, b) = (sigterm(a).await, sigterm(b).await);
     assert_eq!(loaded, N, "every message loaded");
-    let (a, b) = (a.ok().json(), b.ok().json());
+    let (a, b) = (a.assert_success().json(), b.assert_success().json());
     assert!(
         a["loaded"].as_u64().unwrap() > 0 && b["loaded"].as_u64().unwrap() > 0,
         "both worked: {a} {b}"
@@ -172,7 +170,6 @@ async fn two_consumers_on_one_queue_load_each_message_exactly_once() {
     );
     assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, N);
     assert_eq!(queue_depth(&s.queue).await, 0);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,7 +209,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM etl.quarantine)";
     s.wait_for(stored, N as i64 + 30, Duration::from_secs(300))
         .await;
-    sigterm(last).await.ok();
+    sigterm(last).await.assert_success();
     let rows = s.db.count("SELECT count(*) FROM user_logins").await;
     let quarantined = s.db.count("SELECT count(*) FROM etl.quarantine").await;
     assert_eq!(
@@ -230,19 +227,12 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         N as i64
     );
     assert_eq!(queue_depth(&s.queue).await, 0);
-    s.db.drop_db().await;
 }
 
-/// Sets up keys, sends `n` messages and starts a consumer that waits out outages.
-async fn start_consuming(
-    etl: &crate::support::Etl,
-    queue_url: &str,
-    n: usize,
-) -> tokio::process::Child {
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
-    send(queue_url, &bodies("before", n)).await;
-    etl.spawn(&[
+/// Sends `n` messages and starts a consumer that waits out outages.
+async fn start_consuming(s: &crate::support::Setup, n: usize) -> tokio::process::Child {
+    send(&s.queue, &bodies("before", n)).await;
+    s.etl.spawn(&[
         "run",
         "--wait-time-secs",
         "1",
@@ -258,11 +248,15 @@ const OUTAGE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
-    use crate::support::{Etl, TempCluster, TestKek, queue};
+    use crate::support::{Setup, TempCluster};
     let cluster = TempCluster::start();
-    let (kek, queue_url) = (TestKek::new(), queue(10).await);
-    let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
-    let consumer = start_consuming(&etl, &queue_url, 400).await;
+    let s = Setup::builder()
+        .cluster(&cluster)
+        .visibility(10)
+        .build()
+        .await;
+    let (queue_url, db_url) = (&*s.queue, s.db.url.clone());
+    let consumer = start_consuming(&s, 400).await;
     let count = |url: String| async move {
         match sqlx::PgPool::connect(&url).await {
             Ok(pool) => {
@@ -276,16 +270,16 @@ async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
             Err(_) => -1,
         }
     };
-    while count(cluster.url()).await < 50 {
+    while count(db_url.clone()).await < 50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.stop();
-    send(&queue_url, &bodies("during", 200)).await;
+    send(queue_url, &bodies("during", 200)).await;
     tokio::time::sleep(OUTAGE).await;
     cluster.start_again();
     let mut loaded = -1;
     for _ in 0..600 {
-        loaded = count(cluster.url()).await;
+        loaded = count(db_url.clone()).await;
         if loaded == 600 {
             break;
         }
@@ -303,13 +297,13 @@ async fn a_30_second_postgres_outage_is_waited_out_and_nothing_is_lost() {
         out.stderr
     );
     assert_eq!(loaded, 600, "every message loaded after the outage");
-    let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
     let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT message_id) FROM user_logins")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(distinct, 600);
-    assert_eq!(queue_depth(&queue_url).await, 0);
+    assert_eq!(queue_depth(queue_url).await, 0);
     pool.close().await;
 }
 
@@ -349,18 +343,19 @@ async fn sigterm_mid_drain_commits_what_it_has_and_a_later_drain_loads_the_rest(
         N
     );
     assert_eq!(queue_depth(&s.queue).await, 0);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed() {
-    use crate::support::{Etl, TempEmulator, TestDb, TestKek, create_queue};
+    use crate::support::{Setup, TempEmulator, create_queue};
     let mut emulator = TempEmulator::start();
-    let (db, kek) = (TestDb::new().await, TestKek::new());
-    let queue_url = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
-    let etl =
-        Etl::new(&db.url, &queue_url, &kek.uri()).with("AWS_ENDPOINT_URL", &emulator.endpoint());
-    let mut consumer = start_consuming(&etl, &queue_url, 300).await;
+    let s = Setup::builder()
+        .emulator(&emulator)
+        .visibility(5)
+        .build()
+        .await;
+    let (db, queue_url) = (&s.db, &*s.queue);
+    let mut consumer = start_consuming(&s, 300).await;
     let log = crate::support::StderrLog::take(&mut consumer);
     let loaded = |want: i64| {
         let db = &db;
@@ -386,9 +381,10 @@ async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed()
         "it noticed the missing queue: {}",
         log.text()
     );
-    let recreated = create_queue(&emulator.sqs().await, "pv-restart", 5).await;
+    let name = queue_url.rsplit('/').next().unwrap();
+    let recreated = create_queue(&emulator.sqs().await, name, 5).await;
     assert_eq!(recreated, queue_url);
-    send(&queue_url, &bodies("after", 300)).await;
+    send(queue_url, &bodies("after", 300)).await;
     let all_loaded = loaded(600).await;
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(
@@ -407,6 +403,5 @@ async fn an_emulator_restart_is_waited_out_and_the_recreated_queue_is_consumed()
             .await,
         600
     );
-    assert_eq!(queue_depth(&queue_url).await, 0);
-    db.drop_db().await;
+    assert_eq!(queue_depth(queue_url).await, 0);
 }

@@ -34,7 +34,7 @@ async fn audit_rows(pool: &PgPool) -> Vec<(String, Option<String>, Option<i64>, 
 async fn every_purpose_is_stored_and_a_bad_one_is_refused() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
+    let (_auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
     let purposes = [
         "fraud-investigation",
         "data-subject-request",
@@ -47,7 +47,7 @@ async fn every_purpose_is_stored_and_a_bad_one_is_refused() {
         assert_eq!(run.stdout.lines().count(), 2, "{purpose}: {}", run.stderr);
     }
     let long = "a reason long enough for the purpose other, forty+";
-    etl.run(&reveal("u1", "other", long)).await.ok();
+    etl.run(&reveal("u1", "other", long)).await.assert_success();
     let stored: Vec<Option<String>> = audit_rows(&s.db.pool)
         .await
         .into_iter()
@@ -84,15 +84,13 @@ async fn every_purpose_is_stored_and_a_bad_one_is_refused() {
         "refused input leaves no row"
     );
     s.etl.run(&["audit", "verify"]).await.json();
-    s.drop_logins(&[auditor]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
     let s = Setup::new().await;
     s.load_lines(&logins()).await;
-    let (admin, admin_url) = s.login("piivault_admin").await;
+    let (_admin, admin_url) = s.login("piivault_admin").await;
     let admin_etl = s.etl.clone().with("DATABASE_URL", &admin_url);
     let set = admin_etl
         .run(&[
@@ -108,16 +106,16 @@ async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
         .await
         .json();
     assert_eq!(set["policy"]["users_per_window"], 3, "{set}");
-    let (auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
+    let (_auditor, auditor_url, etl) = s.login_etl("piivault_auditor").await;
     for user in ["u1", "u2", "u3"] {
         etl.run(&reveal(user, "fraud-investigation", "case 7 review"))
             .await
-            .ok();
+            .assert_success();
     }
     // A user already revealed in the window does not count twice.
     etl.run(&reveal("u1", "fraud-investigation", "case 7 review"))
         .await
-        .ok();
+        .assert_success();
     let refused = etl
         .run(&reveal("u4", "fraud-investigation", "case 7 review"))
         .await;
@@ -172,7 +170,7 @@ async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
     assert!(rows[0].3.as_deref().unwrap().contains("users_per_window=3"));
     // `etl audit list` shows the purpose and the server's note of a refusal.
     let listed = etl.run(&["audit", "list", "--format", "json"]).await;
-    listed.ok();
+    listed.assert_success();
     let refusal: serde_json::Value = listed
         .stdout
         .lines()
@@ -201,7 +199,7 @@ async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
             "one record per reveal now",
         ])
         .await
-        .ok();
+        .assert_success();
     let too_many = etl
         .run(&reveal("u5", "fraud-investigation", "case 7 review"))
         .await;
@@ -214,8 +212,6 @@ async fn quotas_refuse_at_exactly_the_limit_and_the_refusal_is_audited() {
         too_many.stderr
     );
     s.etl.run(&["audit", "verify"]).await.json();
-    s.drop_logins(&[admin, auditor]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,9 +228,9 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
             "court orders need two people",
         ])
         .await
-        .ok();
+        .assert_success();
     let (alice, alice_url, alice_etl) = s.login_etl("piivault_auditor").await;
-    let (bob, bob_url, bob_etl) = s.login_etl("piivault_approver").await;
+    let (_bob, bob_url, bob_etl) = s.login_etl("piivault_approver").await;
 
     // A direct reveal under a two-person purpose is refused (and audited).
     let direct = alice_etl
@@ -322,7 +318,7 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
             "order checked by legal",
         ])
         .await
-        .ok();
+        .assert_success();
     for sql in [
         format!("SELECT * FROM vault.reveal_execute({id}, 'x')"),
         "SELECT * FROM vault.reveal_request('user_id', 'u2', 'fraud-investigation', 'approver tries', NULL, 'x')".into(),
@@ -336,7 +332,7 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
 
     // The requester executes once; a second time is refused.
     let executed = alice_etl.run(&["reveal", "--request", &id_arg]).await;
-    executed.ok();
+    executed.assert_success();
     assert_eq!(executed.stdout.lines().count(), 2);
     assert!(executed.stdout.contains("10.8.2.0"));
     let again = alice_etl.run(&["reveal", "--request", &id_arg]).await;
@@ -367,7 +363,7 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
             "order checked by legal",
         ])
         .await
-        .ok();
+        .assert_success();
     // The table's owner moves the clock of this one request (the test cannot wait 24 h).
     sqlx::query(
         "UPDATE vault.reveal_requests SET expires_at = now() - interval '1 second' WHERE id = $1",
@@ -403,8 +399,6 @@ async fn two_person_rule_a_requester_never_approves_and_a_request_runs_once() {
     );
     alice_pool.close().await;
     s.etl.run(&["audit", "verify"]).await.json();
-    s.drop_logins(&[alice, bob]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -472,6 +466,4 @@ async fn reveals_running_at_once_cannot_pass_the_quota_together() {
         "{why:?}"
     );
     first.close().await;
-    s.drop_logins(&[auditor]).await;
-    s.db.drop_db().await;
 }

@@ -43,7 +43,7 @@ async fn every_hostile_message_is_loaded_or_quarantined_with_its_reason() {
     for case in &cases {
         let sent = client
             .send_message()
-            .queue_url(&s.queue)
+            .queue_url(&*s.queue)
             .message_body(&case.body)
             .send()
             .await;
@@ -142,5 +142,4 @@ async fn every_hostile_message_is_loaded_or_quarantined_with_its_reason() {
         .await,
         1
     );
-    s.db.drop_db().await;
 }

@@ -1,13 +1,12 @@
 //! The AWS KMS key-encryption key, against the emulator's KMS.
 
-use crate::support::{Etl, TestDb, kms_kek, queue, reveal_user, sample_path};
+use crate::support::{Setup, kms_kek, reveal_user, sample_path};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
-    let db = TestDb::new().await;
     let kek = kms_kek().await;
-    let etl = Etl::new(&db.url, &queue(30).await, &kek);
-    etl.run(&["migrate"]).await.ok();
+    let s = Setup::builder().kek(&kek).without_keys().build().await;
+    let (db, etl) = (&s.db, &s.etl);
     let init = etl.run(&["keys", "init"]).await.json();
     assert_eq!(init["kek"], kek.as_str());
     let stored: Vec<(String, Vec<u8>)> =
@@ -29,7 +28,7 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
     assert_eq!(summary["loaded"], 99);
     let user = "424cdd21-063a-43a7-b91b-7ca1a833afae";
     let reveal = etl.run(&reveal_user(user, "kms check")).await;
-    reveal.ok();
+    reveal.assert_success();
     assert!(
         reveal.stdout.contains("199.172.111.135"),
         "{}",
@@ -72,5 +71,4 @@ async fn kms_wrapped_keys_load_and_reveal_and_another_key_is_refused() {
         1,
         "only the successful reveal"
     );
-    db.drop_db().await;
 }

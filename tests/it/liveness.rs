@@ -63,7 +63,7 @@ async fn a_later_drain_loads_the_rest_once(s: &Setup, loaded_before: i64, total:
 
 async fn a_write_stage_that_dies_for_good_ends_the_run(drain: bool) {
     let s = Setup::with_visibility(5).await;
-    let (writer, writer_url) = s.login("piivault_etl").await;
+    let (_writer, writer_url) = s.login("piivault_etl").await;
     send(&s.queue, &bodies(MESSAGES)).await;
     let etl = s.etl.clone().with("DATABASE_URL", &writer_url);
     let (shutdown, visibility) = (SHUTDOWN_SECS.to_string(), VISIBILITY_SECS.to_string());
@@ -141,8 +141,6 @@ async fn a_write_stage_that_dies_for_good_ends_the_run(drain: bool) {
         .await
         .unwrap();
     a_later_drain_loads_the_rest_once(&s, committed, MESSAGES as i64).await;
-    s.drop_logins(&[writer]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,13 +200,12 @@ async fn a_stuck_write_ends_the_run_with_75_after_the_stall_timeout() {
     lock.rollback().await.unwrap();
     assert_eq!(loaded(&s).await, 0);
     a_later_drain_loads_the_rest_once(&s, 0, 200).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_the_repair() {
     let s = Setup::new().await;
-    let (writer, writer_url) = s.login("piivault_etl").await;
+    let (_writer, writer_url) = s.login("piivault_etl").await;
     // Far more than the channel holds: the reader is blocked on a full channel when the
     // writers die, and must still stop.
     let dir = tempfile::tempdir().unwrap();
@@ -231,6 +228,4 @@ async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_th
     let summary = etl.run(&["run", "--input", file]).await.json();
     assert_eq!(summary["loaded"], 20_000, "{summary}");
     assert_eq!(loaded(&s).await, 20_000);
-    s.drop_logins(&[writer]).await;
-    s.db.drop_db().await;
 }

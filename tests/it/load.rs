@@ -92,7 +92,6 @@ async fn sample_via_sqs_loads_99_rows_and_quarantines_1() {
         )
         .await;
     assert_eq!(today, 99);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,7 +142,6 @@ async fn input_file_loads_once_and_a_second_load_adds_nothing() {
             .await,
         29
     );
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,5 +203,4 @@ async fn an_input_line_of_bad_utf8_or_over_the_limit_is_quarantined_and_the_rest
     assert_eq!(counts(&second), [5, 0, 0, 5], "{second}");
     assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 3);
     assert_eq!(s.db.count("SELECT count(*) FROM etl.quarantine").await, 2);
-    s.db.drop_db().await;
 }

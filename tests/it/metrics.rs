@@ -3,21 +3,21 @@
 use std::time::Duration;
 
 use crate::support::{
-    Etl, TempCluster, TempEmulator, TestDb, TestKek, assert_no_input_values, create_queue,
-    free_port, http_get as get, http_get_accepting, queue, sample_bodies, send,
+    Setup, TempCluster, TempEmulator, assert_no_input_values, free_port, http_get as get,
+    http_get_accepting, sample_bodies, send,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness_follow_a_real_run() {
     let mut emulator = TempEmulator::start();
-    let (db, kek) = (TestDb::new().await, TestKek::new());
-    let queue_url = create_queue(&emulator.sqs().await, "pv-metrics", 5).await;
-    let etl =
-        Etl::new(&db.url, &queue_url, &kek.uri()).with("AWS_ENDPOINT_URL", &emulator.endpoint());
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
+    let s = Setup::builder()
+        .emulator(&emulator)
+        .visibility(5)
+        .build()
+        .await;
+    let (queue_url, etl) = (&*s.queue, &s.etl);
     let bodies: Vec<String> = sample_bodies().into_iter().take(30).collect();
-    send(&queue_url, &bodies).await;
+    send(queue_url, &bodies).await;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = etl.spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);
@@ -134,7 +134,6 @@ async fn metrics_health_and_readiness_follow_a_real_run() {
         "{}",
         refused.stderr
     );
-    db.drop_db().await;
 }
 
 /// `/metrics` once it holds `line` (at most 30 s after the server starts listening).
@@ -457,7 +456,6 @@ async fn a_real_prometheus_scrapes_a_run_and_counts_what_it_loaded() {
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.json()["loaded"], 39);
     drop(prometheus);
-    s.db.drop_db().await;
 }
 
 /// Statements the cluster logged (`log_line_prefix = '%a|'`) per application name.
@@ -484,12 +482,10 @@ async fn scrapes_and_probes_cost_the_writers_no_database_round_trips() {
         sqlx::query(sql).execute(&admin).await.unwrap();
     }
     admin.close().await;
-    let (kek, queue_url) = (TestKek::new(), queue(30).await);
-    let etl = Etl::new(&cluster.url(), &queue_url, &kek.uri());
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
+    let s = Setup::builder().cluster(&cluster).build().await;
+    let (queue_url, etl) = (&*s.queue, &s.etl);
     let bodies: Vec<String> = sample_bodies().into_iter().take(20).collect();
-    send(&queue_url, &bodies).await;
+    send(queue_url, &bodies).await;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = etl.spawn(&["run", "--wait-time-secs", "1", "--metrics-addr", &addr]);

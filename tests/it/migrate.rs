@@ -43,7 +43,7 @@ async fn migrate_keeps_a_preexisting_user_logins_and_is_idempotent() {
 
     let kek = TestKek::new();
     let etl = Etl::new(&db.url, "unused", &kek.uri());
-    etl.run(&["migrate"]).await.ok();
+    etl.run(&["migrate"]).await.assert_success();
     assert_eq!(
         legacy_rows(&db).await,
         before,
@@ -85,7 +85,7 @@ async fn migrate_keeps_a_preexisting_user_logins_and_is_idempotent() {
     }
 
     let applied = db.count("SELECT count(*) FROM _sqlx_migrations").await;
-    etl.run(&["migrate"]).await.ok();
+    etl.run(&["migrate"]).await.assert_success();
     assert_eq!(
         db.count("SELECT count(*) FROM _sqlx_migrations").await,
         applied,
@@ -93,7 +93,7 @@ async fn migrate_keeps_a_preexisting_user_logins_and_is_idempotent() {
     );
 
     // piivault loads beside the legacy rows.
-    etl.run(&["keys", "init"]).await.ok();
+    etl.run(&["keys", "init"]).await.assert_success();
     let summary = etl
         .run(&["run", "--input", sample_path().to_str().unwrap()])
         .await
@@ -101,5 +101,4 @@ async fn migrate_keeps_a_preexisting_user_logins_and_is_idempotent() {
     assert_eq!(summary["loaded"], 99);
     assert_eq!(db.count("SELECT count(*) FROM user_logins").await, 101);
     assert_eq!(legacy_rows(&db).await, before);
-    db.drop_db().await;
 }

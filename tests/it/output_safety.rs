@@ -54,7 +54,7 @@ async fn reveal(s: &Setup, format: &str) -> String {
             format,
         ])
         .await;
-    run.ok().stdout.clone()
+    run.assert_success().stdout.clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,7 +72,7 @@ async fn table_and_csv_escape_controls_and_formulas_json_stays_exact() {
     s.etl
         .run(&["run", "--input", file.to_str().unwrap()])
         .await
-        .ok();
+        .assert_success();
 
     let escaped_osc8 = r"\u{1b}]8;;http://x\u{7}click\u{1b}]8;;\u{7}";
     let table = reveal(&s, "table").await;
@@ -136,15 +136,14 @@ async fn table_and_csv_escape_controls_and_formulas_json_stays_exact() {
     s.etl
         .run(&reveal_user(USER, "=cmd|' /C calc'!A0 \u{1b}[2J check"))
         .await
-        .ok();
+        .assert_success();
     let audit = s.etl.run(&["audit", "list"]).await;
-    let audit = &audit.ok().stdout;
+    let audit = &audit.assert_success().stdout;
     assert!(!audit.contains('\u{1b}'), "{audit}");
     assert!(
         audit.contains(r"'=cmd|' /C calc'!A0 \u{1b}[2J check"),
         "{audit}"
     );
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,7 +197,7 @@ async fn blank_device_ids_are_null_and_form_no_duplicate_group() {
         .run(&["report", "duplicates", "--by", "device", "--format", "json"])
         .await;
     let groups: Vec<serde_json::Value> = report
-        .ok()
+        .assert_success()
         .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -216,8 +215,7 @@ async fn blank_device_ids_are_null_and_form_no_duplicate_group() {
         .etl
         .run(&["report", "duplicates", "--by", "ip", "--format", "json"])
         .await;
-    assert_eq!(ips.ok().stdout, "", "blank ips form no group");
-    s.db.drop_db().await;
+    assert_eq!(ips.assert_success().stdout, "", "blank ips form no group");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -242,7 +240,7 @@ async fn help_never_prints_secret_variable_values() {
         &["-h"],
     ] {
         let run = etl.run(args).await;
-        run.ok();
+        run.assert_success();
         let all = format!("{}{}", run.stdout, run.stderr);
         for secret in [
             "kek-path-xyz",

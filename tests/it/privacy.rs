@@ -78,8 +78,6 @@ async fn equal_values_collide_and_fields_and_keys_separate() {
     let t2 = tokens(&other.db.pool).await;
     assert_ne!(t2["p1"].0, t["p1"].0);
     assert_ne!(t2["p1"].1, t["p1"].1);
-    other.db.drop_db().await;
-    s.db.drop_db().await;
 }
 
 /// Every PII value of the input (sample + crafted, quarantined ones included).
@@ -166,7 +164,6 @@ async fn no_plaintext_pii_in_user_logins_quarantine_or_vault() {
         1
     );
     assert_eq!(hits(&s.db.pool, "vault", "login_pii", sample_user).await, 1);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,7 +192,6 @@ async fn trace_level_logs_of_an_sqs_drain_hold_no_pii() {
         !run.stderr.contains("oops_wrong_msg_type"),
         "the malformed body is not logged"
     );
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -241,5 +237,4 @@ async fn json_debug_logs_are_one_object_per_line_and_hold_no_pii_or_key() {
     for value in pii_values().iter().chain(&secrets) {
         assert!(!run.stderr.contains(value.as_str()), "{value} in the log");
     }
-    s.db.drop_db().await;
 }

@@ -32,7 +32,7 @@ async fn redelivered_messages_are_counted_as_duplicates_not_loaded_twice() {
             .await
             .unwrap(),
     );
-    let queue = SqsQueue::with_client(sqs().await, s.queue.clone());
+    let queue = SqsQueue::with_client(sqs().await, s.queue.0.clone());
     let mut seen = HashSet::new();
     let consume = async {
         while seen.len() < bodies.len() {
@@ -73,5 +73,4 @@ async fn redelivered_messages_are_counted_as_duplicates_not_loaded_twice() {
         s.db.count("SELECT count(*) FROM user_logins").await
     );
     pool.close().await;
-    s.db.drop_db().await;
 }

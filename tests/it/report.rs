@@ -27,7 +27,7 @@ async fn duplicate_groups_count_users_and_logins_by_token_only() {
     s.etl
         .run(&["run", "--input", file.to_str().unwrap()])
         .await
-        .ok();
+        .assert_success();
 
     let devices = groups(&s.etl, &[]).await;
     assert_eq!(devices.len(), 1, "{devices:?}");
@@ -68,18 +68,17 @@ async fn duplicate_groups_count_users_and_logins_by_token_only() {
     }
 
     let table = s.etl.run(&["report", "duplicates", "--by", "device"]).await;
-    let table = &table.ok().stdout;
+    let table = &table.assert_success().stdout;
     assert!(table.starts_with("token"), "{table}");
     let csv = s
         .etl
         .run(&["report", "duplicates", "--format", "csv"])
         .await;
     assert_eq!(
-        csv.ok().stdout,
+        csv.assert_success().stdout,
         format!("token,users,logins\n{token},3,4\n")
     );
     for output in [table, &csv.stdout] {
         assert!(!output.contains("dev-shared-7") && !output.contains("198.51.100.9"));
     }
-    s.db.drop_db().await;
 }

@@ -21,7 +21,7 @@ async fn audit_rows(s: &Setup) -> Vec<(String, String, Option<String>, String, i
 async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
     let s = Setup::with_sample().await;
     let run = s.etl.run(&reveal_user(USER, "INC-42 fraud check")).await;
-    run.ok();
+    run.assert_success();
     let lines: Vec<serde_json::Value> = run
         .stdout
         .lines()
@@ -63,7 +63,7 @@ async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
             "table",
         ])
         .await;
-    table.ok();
+    table.assert_success();
     let rows: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(rows.len(), 2, "{}", table.stdout);
     assert!(
@@ -72,7 +72,6 @@ async fn reveal_returns_the_originals_and_leaves_one_audit_row() {
             && rows[1].contains(USER_DEVICE)
     );
     assert_eq!(audit_rows(&s).await.len(), 2);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,7 +81,7 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
         .etl
         .run(&reveal_user("nobody", "unknown user check"))
         .await;
-    run.ok();
+    run.assert_success();
     assert_eq!(run.stdout, "");
     assert_eq!(audit_rows(&s).await[0].4, 0);
 
@@ -117,7 +116,6 @@ async fn unknown_user_is_empty_but_audited_and_a_reason_is_required() {
         1,
         "no audit row for refused reveals"
     );
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,9 +144,8 @@ async fn a_ciphertext_moved_to_another_row_is_an_integrity_error() {
     assert_eq!(audit_rows(&s).await.len(), 1, "the attempt is audited");
 
     let fine = s.etl.run(&reveal_user(OTHER, "integrity test")).await;
-    fine.ok();
+    fine.assert_success();
     assert!(fine.stdout.contains(OTHER_IP));
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,7 +157,7 @@ async fn reveal_unwraps_seal_keys_only() {
         .await
         .unwrap();
     let run = s.etl.run(&reveal_user(USER, "seal keys suffice")).await;
-    run.ok();
+    run.assert_success();
     assert!(run.stdout.contains(USER_IP));
     let etl_run = s
         .etl
@@ -171,5 +168,4 @@ async fn reveal_unwraps_seal_keys_only() {
         "the ETL does need the token key: {}",
         etl_run.stderr
     );
-    s.db.drop_db().await;
 }

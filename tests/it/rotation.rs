@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{Etl, Run, Setup, TestDb, TestKek, kms_kek, queue, reveal_user, sample_path};
+use crate::support::{Etl, Run, Setup, TestDb, TestKek, kms_kek, reveal_user, sample_path};
 
 /// Logins that form duplicate groups: a device shared by d1/d2, an IP by d2/d3 (two spellings).
 const SHARED: [&str; 3] = [
@@ -51,7 +51,7 @@ async fn reveal_all(
     for user in users {
         let run = etl.run(&reveal_user(user, "rotation test")).await;
         log.push_str(&run.stderr);
-        run.ok();
+        run.assert_success();
         let mut records: Vec<(String, String)> = run
             .stdout
             .lines()
@@ -399,24 +399,12 @@ async fn assert_no_secrets(
 async fn full_rotation_cycle_under_a_file_kek() {
     let s = Setup::new().await;
     full_cycle(&s, &s.etl).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_rotation_cycle_under_a_kms_kek() {
-    let db = TestDb::new().await;
-    let kek = kms_kek().await;
-    let etl = Etl::new(&db.url, &queue(30).await, &kek);
-    etl.run(&["migrate"]).await.ok();
-    etl.run(&["keys", "init"]).await.ok();
-    let s = Setup {
-        db,
-        queue: String::new(),
-        kek: TestKek::new(),
-        etl: etl.clone(),
-    };
-    full_cycle(&s, &etl).await;
-    s.db.drop_db().await;
+    let s = Setup::builder().kek(&kms_kek().await).build().await;
+    full_cycle(&s, &s.etl).await;
 }
 
 /// Every data row, as text: equal before and after a rewrap.
@@ -455,13 +443,12 @@ async fn rewrap_file_to_kms_to_kms_to_file_leaves_data_rows_identical() {
             .unwrap();
         assert_eq!(uris, vec![next.clone()]);
         let reveal = current.run(&reveal_user(user, "after rewrap")).await;
-        reveal.ok();
+        reveal.assert_success();
         assert!(reveal.stdout.contains("199.172.111.135"));
         let stale = old.run(&reveal_user(user, "old kek check")).await;
         assert_ne!(stale.code, 0, "the previous KEK no longer unwraps the keys");
         assert_eq!(stale.stdout, "");
     }
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -536,23 +523,13 @@ async fn reencrypt_killed_midway_completes_on_rerun() {
         total
     );
     s.etl.run(&["keys", "verify"]).await.json();
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_presented_with_the_wrong_context_is_refused_and_nothing_is_written() {
     for kms in [false, true] {
         let s = if kms {
-            let db = TestDb::new().await;
-            let etl = Etl::new(&db.url, &queue(30).await, &kms_kek().await);
-            etl.run(&["migrate"]).await.ok();
-            etl.run(&["keys", "init"]).await.ok();
-            Setup {
-                db,
-                queue: String::new(),
-                kek: TestKek::new(),
-                etl,
-            }
+            Setup::builder().kek(&kms_kek().await).build().await
         } else {
             Setup::new().await
         };
@@ -576,7 +553,6 @@ async fn a_key_presented_with_the_wrong_context_is_refused_and_nothing_is_writte
         );
         assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 0);
         assert_eq!(s.db.count("SELECT count(*) FROM vault.login_pii").await, 0);
-        s.db.drop_db().await;
     }
 }
 
@@ -658,7 +634,6 @@ async fn a_running_consumer_follows_rotations_without_restart() {
     assert_eq!(summary["loaded"], 60);
     let stderr = out.stderr;
     assert!(stderr.contains("reloaded the keyring"), "{stderr}");
-    s.db.drop_db().await;
 }
 
 /// Runs scripts/rotate-keys.sh with the test's environment.
@@ -775,11 +750,10 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
         ]
     );
     let reveal = s.etl.run(&reveal_user(user, "after runbook")).await;
-    reveal.ok();
+    reveal.assert_success();
     assert!(
         reveal.stdout.contains("199.172.111.135") && reveal.stdout.contains("\"key_version\":3")
     );
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -854,7 +828,6 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
     );
     assert_eq!(groups(&s.db).await, before, "same groups under the new key");
     s.etl.run(&["keys", "verify"]).await.json();
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -864,7 +837,7 @@ async fn the_runbook_runs_while_a_consumer_keeps_loading() {
         .etl
         .spawn(&["run", "--wait-time-secs", "1", "--concurrency", "3"]);
     const MESSAGES: usize = 1200;
-    let queue = s.queue.clone();
+    let queue = s.queue.0.clone();
     let producer = tokio::spawn(async move {
         for chunk in 0..MESSAGES / 10 {
             let bodies: Vec<String> = (0..10)
@@ -932,5 +905,4 @@ async fn the_runbook_runs_while_a_consumer_keeps_loading() {
         2
     );
     s.etl.run(&["keys", "verify"]).await.json();
-    s.db.drop_db().await;
 }

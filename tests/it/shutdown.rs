@@ -35,5 +35,4 @@ async fn sigterm_stops_polling_commits_and_prints_the_summary() {
         (Some(99), Some(1))
     );
     assert_eq!(queue_depth(&s.queue).await, 0);
-    s.db.drop_db().await;
 }

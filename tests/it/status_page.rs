@@ -79,7 +79,7 @@ fn row_of<'a>(dom: &'a str, id: &str) -> &'a str {
 async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() {
     let bin = chromium();
     let s = Setup::new().await;
-    let (etl_name, etl_url) = s.login("piivault_etl").await;
+    let (_etl_name, etl_url) = s.login("piivault_etl").await;
 
     // The sample, plus one device shared by three users and one IP shared by two.
     let mut bodies = sample_bodies();
@@ -262,8 +262,6 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    s.drop_logins(&[etl_name]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,5 +334,4 @@ async fn views_never_wait_for_a_blocked_scan_and_postgres_cancels_it() {
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    s.db.drop_db().await;
 }

@@ -25,21 +25,59 @@ const DEFAULTS: [(&str, &str); 6] = [
     ),
 ];
 
-/// Starts Postgres + the emulator if needed (scripts/stack.sh up is idempotent and quick).
+/// Fails at once, naming the command to run, unless the local stack answers: Postgres at
+/// `PIIVAULT_PG_ADMIN_URL` and the emulator at `AWS_ENDPOINT_URL`. Tests never install or start
+/// anything on the machine; `scripts/test.sh` runs `scripts/stack.sh up` and `tools` first.
 pub fn stack() {
     static UP: Once = Once::new();
     UP.call_once(|| {
-        let out = std::process::Command::new("bash")
-            .arg(Path::new(ROOT).join("scripts/stack.sh"))
-            .arg("up")
-            .output()
-            .expect("cannot run scripts/stack.sh");
-        assert!(
-            out.status.success(),
-            "scripts/stack.sh up failed; the tests need Postgres and the SQS/KMS emulator:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for (what, url) in [
+            (
+                "Postgres (PIIVAULT_PG_ADMIN_URL)",
+                env("PIIVAULT_PG_ADMIN_URL"),
+            ),
+            (
+                "the SQS/KMS emulator (AWS_ENDPOINT_URL)",
+                env("AWS_ENDPOINT_URL"),
+            ),
+        ] {
+            let address = host_port(&url);
+            let answers = std::net::ToSocketAddrs::to_socket_addrs(&address.as_str())
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
+                });
+            assert!(
+                answers,
+                "{what} does not answer at {address}: run `scripts/stack.sh up` (or the whole \
+                 suite with `scripts/test.sh`, which does it)"
+            );
+        }
     });
+}
+
+/// `host:port` of a `scheme://[user[:pw]@]host:port[/...]` URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// Runs `work` to completion on a runtime of its own in a thread of its own: `Drop` cannot
+/// await, and may run on (or, unwinding, outside) the test's runtime.
+pub fn block_on_own_thread<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work)
+    })
+    .join();
 }
 
 /// A local-stack setting: from the environment, else the default of scripts/env.sh.
@@ -78,21 +116,27 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A fresh database, dropped when the test calls [`TestDb::drop_db`] (leftovers are removed by
-/// scripts/test.sh before each run).
+/// A fresh database in the shared cluster (or a test's own), dropped when the value is, also
+/// when the test fails.
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    admin_url: String,
 }
 
 impl TestDb {
+    /// A fresh database in the shared cluster.
     pub async fn new() -> TestDb {
         stack();
-        let admin_url = env("PIIVAULT_PG_ADMIN_URL");
-        let admin = PgPool::connect(&admin_url)
+        TestDb::in_cluster(&env("PIIVAULT_PG_ADMIN_URL")).await
+    }
+
+    /// A fresh database in the cluster `admin_url` (a superuser's URL) reaches.
+    pub async fn in_cluster(admin_url: &str) -> TestDb {
+        let admin = PgPool::connect(admin_url)
             .await
-            .expect("cannot connect to PIIVAULT_PG_ADMIN_URL");
+            .expect("cannot connect as the cluster's superuser");
         let name = unique("pv_test");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
@@ -101,28 +145,19 @@ impl TestDb {
         admin.close().await;
         let url = match admin_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("PIIVAULT_PG_ADMIN_URL has no database part"),
+            None => panic!("the admin URL has no database part"),
         };
         let pool = PgPoolOptions::new()
             .max_connections(3)
             .connect(&url)
             .await
             .unwrap();
-        TestDb { name, url, pool }
-    }
-
-    pub async fn drop_db(self) {
-        self.pool.close().await;
-        let admin = PgPool::connect(&env("PIIVAULT_PG_ADMIN_URL"))
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
+        TestDb {
+            name,
+            url,
+            pool,
+            admin_url: admin_url.to_owned(),
+        }
     }
 
     /// Takes an exclusive lock on `user_logins` in a transaction the caller ends: every batch
@@ -153,6 +188,24 @@ impl TestDb {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // FORCE ends the test's own pool's sessions too (the pool belongs to the test's runtime,
+        // which is blocked here, so it is not closed from this thread).
+        let (name, admin_url) = (self.name.clone(), self.admin_url.clone());
+        block_on_own_thread(async move {
+            // A cluster the test already stopped has nothing left to drop.
+            if let Ok(Ok(admin)) =
+                tokio::time::timeout(Duration::from_secs(5), PgPool::connect(&admin_url)).await
+            {
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+                admin.close().await;
+            }
+        });
     }
 }
 
@@ -217,9 +270,38 @@ async fn sqs_for(queue_url: &str) -> aws_sdk_sqs::Client {
 }
 
 /// A fresh queue; `visibility_secs` sets its default visibility timeout.
-pub async fn queue(visibility_secs: u32) -> String {
+pub async fn queue(visibility_secs: u32) -> TestQueue {
     let name = unique("pv").replace('_', "-");
-    create_queue(&sqs().await, &name, visibility_secs).await
+    TestQueue(create_queue(&sqs().await, &name, visibility_secs).await)
+}
+
+/// A queue of the test's own (its URL), deleted when the value is dropped, also when the test
+/// fails.
+pub struct TestQueue(pub String);
+
+impl std::ops::Deref for TestQueue {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        block_on_own_thread(async move {
+            let delete = async {
+                sqs_for(&url)
+                    .await
+                    .delete_queue()
+                    .queue_url(&url)
+                    .send()
+                    .await
+            };
+            // An emulator the test already stopped has nothing left to delete.
+            let _ = tokio::time::timeout(Duration::from_secs(5), delete).await;
+        });
+    }
 }
 
 /// Creates (or finds) the queue `name` through `client`; returns its URL.
@@ -353,7 +435,7 @@ impl Run {
 
     /// Asserts success and parses every stdout line as JSON.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.ok()
+        self.assert_success()
             .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -366,7 +448,8 @@ impl Run {
         serde_json::from_str(last.unwrap_or_else(|| panic!("no output: {}", self.stderr))).unwrap()
     }
 
-    pub fn ok(&self) -> &Run {
+    /// Asserts exit code 0 (printing stdout and stderr otherwise); returns the run.
+    pub fn assert_success(&self) -> &Run {
         assert_eq!(
             self.code, 0,
             "etl failed:\nstdout: {}\nstderr: {}",
@@ -492,32 +575,102 @@ pub async fn kms_kek() -> String {
     format!("kms:{}", key.key_metadata.unwrap().key_id)
 }
 
-/// A migrated database with keys, a queue and a KEK: the usual starting point.
+/// A migrated database with keys, a queue and a KEK: the usual starting point. Everything it
+/// made (database, queue, logins, KEK file) goes when it is dropped, also when the test fails.
 pub struct Setup {
     pub db: TestDb,
-    pub queue: String,
+    pub queue: TestQueue,
     pub kek: TestKek,
     pub etl: Etl,
+    logins: std::sync::Mutex<Vec<String>>,
 }
 
-impl Setup {
-    pub async fn new() -> Setup {
-        Setup::with_visibility(30).await
+/// Options of a [`Setup`]: `Setup::builder().visibility(5).cluster(&cluster).build().await`.
+#[derive(Default)]
+pub struct SetupBuilder {
+    visibility_secs: Option<u32>,
+    admin_url: Option<String>,
+    kek_uri: Option<String>,
+    emulator: Option<String>,
+    keys: Option<bool>,
+}
+
+impl SetupBuilder {
+    /// The queue's default visibility timeout (30 s unless set).
+    pub fn visibility(mut self, secs: u32) -> SetupBuilder {
+        self.visibility_secs = Some(secs);
+        self
     }
 
-    pub async fn with_visibility(visibility_secs: u32) -> Setup {
-        let db = TestDb::new().await;
-        let queue = queue(visibility_secs).await;
+    /// The database in a cluster of the test's own rather than the shared one.
+    pub fn cluster(mut self, cluster: &TempCluster) -> SetupBuilder {
+        self.admin_url = Some(cluster.url());
+        self
+    }
+
+    /// The queue on an emulator of the test's own, which `etl` then talks to.
+    pub fn emulator(mut self, emulator: &TempEmulator) -> SetupBuilder {
+        self.emulator = Some(emulator.endpoint());
+        self
+    }
+
+    /// This KEK (e.g. a `kms:` URI) rather than the test's key file.
+    pub fn kek(mut self, uri: &str) -> SetupBuilder {
+        self.kek_uri = Some(uri.to_owned());
+        self
+    }
+
+    /// Migrate only: the test runs `etl keys init` itself.
+    pub fn without_keys(mut self) -> SetupBuilder {
+        self.keys = Some(false);
+        self
+    }
+
+    pub async fn build(self) -> Setup {
+        let db = match &self.admin_url {
+            Some(url) => TestDb::in_cluster(url).await,
+            None => TestDb::new().await,
+        };
+        let visibility = self.visibility_secs.unwrap_or(30);
+        let queue = match &self.emulator {
+            Some(endpoint) => {
+                let client = aws_sdk_sqs::Client::new(&aws_config_at(endpoint).await);
+                let name = unique("pv").replace('_', "-");
+                TestQueue(create_queue(&client, &name, visibility).await)
+            }
+            None => queue(visibility).await,
+        };
         let kek = TestKek::new();
-        let etl = Etl::new(&db.url, &queue, &kek.uri());
-        etl.run(&["migrate"]).await.ok();
-        etl.run(&["keys", "init"]).await.ok();
+        let kek_uri = self.kek_uri.unwrap_or_else(|| kek.uri());
+        let mut etl = Etl::new(&db.url, &queue, &kek_uri);
+        if let Some(endpoint) = &self.emulator {
+            etl = etl.with("AWS_ENDPOINT_URL", endpoint);
+        }
+        etl.run(&["migrate"]).await.assert_success();
+        if self.keys.unwrap_or(true) {
+            etl.run(&["keys", "init"]).await.assert_success();
+        }
         Setup {
             db,
             queue,
             kek,
             etl,
+            logins: Default::default(),
         }
+    }
+}
+
+impl Setup {
+    pub fn builder() -> SetupBuilder {
+        SetupBuilder::default()
+    }
+
+    pub async fn new() -> Setup {
+        Setup::builder().build().await
+    }
+
+    pub async fn with_visibility(visibility_secs: u32) -> Setup {
+        Setup::builder().visibility(visibility_secs).build().await
     }
 
     /// [`Setup::new`] with the canonical sample loaded through `--input`.
@@ -547,9 +700,11 @@ impl Setup {
         self.db.wait_for(count_sql, want, timeout).await
     }
 
-    /// A login user holding only `group`; returns its URL for the test database.
+    /// A login user holding only `group`, dropped with the setup; returns its name and its URL
+    /// for the test database.
     pub async fn login(&self, group: &str) -> (String, String) {
         let name = unique("pv_login");
+        self.logins.lock().unwrap().push(name.clone());
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
         )))
@@ -568,20 +723,39 @@ impl Setup {
         (name, url, etl)
     }
 
-    pub async fn drop_logins(&self, names: &[String]) {
-        for name in names {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
-                .execute(&self.db.pool)
-                .await
-                .unwrap();
-        }
-    }
-
     pub async fn drain(&self) -> serde_json::Value {
         self.etl
             .run(&["run", "--drain", "--wait-time-secs", "2"])
             .await
             .json()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // Logins are the cluster's, not the database's: dropped here, before the database, with
+        // whatever they own or were granted in it.
+        let logins = std::mem::take(&mut *self.logins.lock().unwrap_or_else(|e| e.into_inner()));
+        if logins.is_empty() {
+            return;
+        }
+        let url = self.db.url.clone();
+        block_on_own_thread(async move {
+            let Ok(Ok(pool)) =
+                tokio::time::timeout(Duration::from_secs(5), PgPool::connect(&url)).await
+            else {
+                return;
+            };
+            for name in logins {
+                for sql in [
+                    format!("DROP OWNED BY {name}"),
+                    format!("DROP ROLE IF EXISTS {name}"),
+                ] {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                }
+            }
+            pool.close().await;
+        });
     }
 }
 
@@ -598,8 +772,9 @@ impl TempCluster {
     /// initdb + start (trust auth, superuser `postgres`, fsync off).
     pub fn start() -> TempCluster {
         use std::os::unix::fs::MetadataExt;
-        stack(); // installs Postgres (and its binaries) when the machine has none
-        let versions = std::fs::read_dir("/usr/lib/postgresql").expect("Postgres server binaries");
+        let versions = std::fs::read_dir("/usr/lib/postgresql").expect(
+            "no Postgres server binaries in /usr/lib/postgresql: run `scripts/stack.sh up`",
+        );
         let bin = versions
             .filter_map(|e| e.ok())
             .map(|e| e.path().join("bin"))
@@ -643,16 +818,24 @@ impl TempCluster {
         cluster
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A Postgres tool, run as `postgres` when the tests run as root (which Postgres refuses).
+    fn tool(&self, tool: &str) -> std::process::Command {
         let path = self.bin.join(tool);
-        let mut cmd = if self.as_postgres {
+        if self.as_postgres {
             let mut c = std::process::Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&path);
             c
         } else {
             std::process::Command::new(&path)
-        };
-        let out = cmd.args(args).output().expect("cannot run a Postgres tool");
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .tool(tool)
+            .args(args)
+            .output()
+            .expect("cannot run a Postgres tool");
         assert!(
             out.status.success(),
             "{tool} failed: {}",
@@ -706,13 +889,8 @@ impl TempCluster {
 impl Drop for TempCluster {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let _ = std::process::Command::new(if self.as_postgres { "runuser" } else { "true" })
-            .args(if self.as_postgres {
-                vec!["-u", "postgres", "--"]
-            } else {
-                vec![]
-            })
-            .arg(self.bin.join("pg_ctl"))
+        let _ = self
+            .tool("pg_ctl")
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
     }
@@ -785,7 +963,12 @@ pub struct TempEmulator {
 impl TempEmulator {
     /// Starts the patched moto launcher of scripts/stack.sh and waits until it answers.
     pub fn start() -> TempEmulator {
-        stack(); // installs the emulator's virtualenv
+        let python = Path::new(ROOT).join(".venv-aws/bin/python");
+        assert!(
+            python.exists(),
+            "the emulator's virtualenv is missing ({}): run `scripts/stack.sh up`",
+            python.display()
+        );
         let mut emulator = TempEmulator {
             child: None,
             port: free_port(),

@@ -19,9 +19,9 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     let s = Setup::new().await;
     load_shared(&s).await;
     let (auditor, auditor_url) = s.login("piivault_auditor").await;
-    let (etl, etl_url) = s.login("piivault_etl").await;
-    let (analyst, analyst_url) = s.login("piivault_analyst").await;
-    let (admin, admin_url) = s.login("piivault_admin").await;
+    let (_etl, etl_url) = s.login("piivault_etl").await;
+    let (_analyst, analyst_url) = s.login("piivault_analyst").await;
+    let (_admin, admin_url) = s.login("piivault_admin").await;
 
     // Direct reads of sealed values: refused for every role but the owner.
     for (who, url) in [
@@ -160,9 +160,6 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
         "rows carry the governance fields since migration 0014"
     );
     s.etl.run(&["audit", "verify"]).await.json();
-
-    s.drop_logins(&[auditor, etl, analyst, admin]).await;
-    s.db.drop_db().await;
 }
 
 /// Starts (and commits) a key job as the pool's login, the way psql would.
@@ -180,8 +177,8 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     let s = Setup::new().await;
     load_shared(&s).await;
     let (admin, admin_url) = s.login("piivault_admin").await;
-    let (other, other_url) = s.login("piivault_admin").await;
-    let (auditor, auditor_url) = s.login("piivault_auditor").await;
+    let (_other, other_url) = s.login("piivault_admin").await;
+    let (_auditor, auditor_url) = s.login("piivault_auditor").await;
     let page = |job: i64| format!("SELECT * FROM vault.job_vault_rows({job}, 'all', NULL, '', 10)");
 
     // No job, an invented job, another login's job: refused. The auditor may not start one.
@@ -302,8 +299,6 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
         ]
     );
     s.etl.run(&["audit", "verify"]).await.json();
-    s.drop_logins(&[admin, other, auditor]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,7 +316,10 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
         logins.push((role, s.login(role).await));
     }
     // One genuine row to attack.
-    s.etl.run(&reveal_user("g1", "baseline reveal")).await.ok();
+    s.etl
+        .run(&reveal_user("g1", "baseline reveal"))
+        .await
+        .assert_success();
 
     for (role, (_, url)) in &logins {
         for sql in [
@@ -367,7 +365,7 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
         }
     }
     assert_eq!(attempt(admin_url, "TRUNCATE vault.data_keys").await, DENIED);
-    let (other_auditor, other_url) = s.login("piivault_auditor").await;
+    let (_other_auditor, other_url) = s.login("piivault_auditor").await;
     let mine: i64 = sqlx::query_scalar(
         "SELECT audit_id FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', 'my own reveal', NULL, 'x')",
     )
@@ -383,7 +381,6 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
         DENIED,
         "another auditor's grant"
     );
-    s.drop_logins(&[other_auditor]).await;
 
     // The owner too is refused by the append-only rule (it must switch the rule off on purpose).
     for sql in [
@@ -418,15 +415,6 @@ async fn no_role_can_forge_jam_edit_or_erase_the_audit_trail() {
     );
     let verified = s.etl.run(&["audit", "verify"]).await.json();
     assert_eq!(verified["broken"], 0);
-
-    s.drop_logins(
-        &logins
-            .into_iter()
-            .map(|(_, (name, _))| name)
-            .collect::<Vec<_>>(),
-    )
-    .await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -495,7 +483,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         .await
         .unwrap();
     let migrated = s.etl.run(&["migrate"]).await;
-    migrated.ok();
+    migrated.assert_success();
     assert!(
         migrated
             .stderr
@@ -551,8 +539,6 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         .execute(&s.db.pool)
         .await
         .unwrap();
-    s.drop_logins(&[etl]).await;
-    s.db.drop_db().await;
 }
 
 /// The unwrapped v1 seal and token keys of a test database (what a format-1 writer held).
@@ -642,7 +628,7 @@ async fn seals_bind_their_user_and_older_seals_move_to_the_new_format() {
 
     // Format-1 values open by their marker (none): the upgrade loses nothing.
     let before = reveal(&s, "old-a").await;
-    before.ok();
+    before.assert_success();
     assert!(before.stdout.contains("10.9.9.9"), "{}", before.stdout);
     s.etl.run(&["keys", "verify"]).await.json();
 
@@ -717,7 +703,6 @@ async fn seals_bind_their_user_and_older_seals_move_to_the_new_format() {
         verify.stderr
     );
     assert!(!verify.stderr.contains("10.8.8.8") && !verify.stderr.contains("10.9.9.9"));
-    s.db.drop_db().await;
 }
 
 /// The key table's file as it is on disk (after a checkpoint), with its path.
@@ -813,8 +798,6 @@ async fn retire_and_rewrap_leave_no_old_wrapped_key_in_the_table_files() {
         .run(&["keys", "verify"])
         .await
         .json();
-    s.drop_logins(&[admin]).await;
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -908,7 +891,6 @@ async fn erase_finds_every_quarantined_body_that_names_the_user() {
         "{rows:?}"
     );
     assert_eq!(rows[1].2, victim_bodies.len() as i32);
-    s.db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -934,6 +916,8 @@ async fn a_transaction_holding_the_audit_head_stalls_an_audited_command_5_s_at_m
         s.db.count("SELECT count(*) FROM vault.reveal_audit").await,
         0
     );
-    s.etl.run(&reveal_user("g1", "held head check")).await.ok();
-    s.db.drop_db().await;
+    s.etl
+        .run(&reveal_user("g1", "held head check"))
+        .await
+        .assert_success();
 }
