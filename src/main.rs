@@ -44,10 +44,9 @@ enum LogFormat {
 enum Command {
     /// Apply database migrations (idempotent).
     Migrate(migrate::MigrateArgs),
-    /// Data keys: init, status, rotate, rewrap (new KEK), reencrypt, retokenize, retire (crypto-
-    /// shredding), verify.
+    /// Data keys: init, status, rotate, rewrap, reencrypt, retokenize, retire, verify.
     Keys(keys::KeysArgs),
-    /// Send synthetic login events to the queue.
+    /// Generate synthetic login events: send them to the queue, or write them to --output.
     Seed(seed::SeedArgs),
     /// Consume the queue (or --input a file) into user_logins, the vault and quarantine.
     Run(run::RunArgs),

@@ -112,3 +112,34 @@ async fn keys_status_lists_versions_never_key_material() {
         assert!(!table.stdout.contains(&hex) && !json.stdout.contains(&hex));
     }
 }
+
+/// The verbs a command's own `--help` lists (the `Commands:` section), `help` excepted.
+fn verbs(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|v| *v != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_top_level_help_names_every_keys_verb() {
+    let etl = crate::support::Etl::default();
+    let top = etl.run(&["--help"]).await;
+    let keys = etl.run(&["keys", "--help"]).await;
+    let line = top
+        .assert_success()
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("keys "))
+        .unwrap_or_else(|| panic!("no keys line in {}", top.stdout))
+        .to_owned();
+    let verbs = verbs(&keys.assert_success().stdout);
+    assert_eq!(verbs.len(), 8, "{verbs:?}");
+    for verb in &verbs {
+        assert!(line.contains(verb.as_str()), "{verb} missing from {line:?}");
+    }
+}
