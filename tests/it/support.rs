@@ -1,5 +1,6 @@
-//! Test harness: starts the local stack once (scripts/stack.sh up, idempotent), then gives each
-//! test its own database, queue and key-encryption key, and runs the real `etl` binary.
+//! Test harness: checks once that the local stack answers (it never installs or starts it: that
+//! is `scripts/stack.sh up`, run by `scripts/test.sh`), then gives each test its own database,
+//! queue, logins and key-encryption key, released on drop, and runs the real `etl` binary.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
