@@ -1,4 +1,4 @@
-"""Turns scripts/bench.sh's results (one JSON object per line) into markdown tables, checks the
+"""Turns scripts/bench.py's results (one JSON object per line) into markdown tables, checks the
 goals of the throughput issue, and writes everything to one JSON file."""
 
 import json
@@ -7,7 +7,8 @@ import platform
 import sys
 
 results_path, json_path, latency_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [json.loads(line) for line in open(results_path) if line.strip()]
+with open(results_path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
 
 
 def find(prefix):
@@ -133,6 +134,7 @@ if pages:
 print("\n### Goals\n")
 for g in goals:
     print(f"- [{'x' if g['met'] else ' '}] {g['goal']}")
-json.dump({"machine": f"{platform.machine()} {os.cpu_count()} cpus", "results": rows, "goals": goals},
-          open(json_path, "w"), indent=2)
+with open(json_path, "w") as f:
+    json.dump({"machine": f"{platform.machine()} {os.cpu_count()} cpus", "results": rows, "goals": goals},
+              f, indent=2)
 print(f"\nwritten to {json_path}")
