@@ -19,15 +19,18 @@ BENCH_EVENTS others, end to end and its two statements alone (`vault.reveal_requ
 `reveal_rows()`; median of 5 runs each). The audit phase times `audit verify`, `checkpoint`,
 `verify --checkpoint`, `export` and `report` on a trail of BENCH_AUDIT (100,000) rows, with each
 command's own peak RSS. The status phase times the status page, /metrics and /readyz of
-`etl run --metrics-addr` on the biggest table an earlier phase left.
+`etl run --metrics-addr` on the biggest table an earlier phase left. The scale phase (issue 19;
+only when named, e.g. BENCH_PHASES=scale) backfills BENCH_SCALE (10,000,000) events and times
+report duplicates, the status page, reveals of a user and of a token shared by 10,000 users,
+and the key jobs on that table (see phase_scale).
 
-BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status"); they
-run in that order. Rows go to target/bench/results.jsonl; scripts/bench_report.py then prints
+BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status"; "scale"
+only when named); they run in that order. Rows go to target/bench/results.jsonl; scripts/bench_report.py then prints
 markdown tables, checks the goals and writes target/bench/results.json.
 
 Any failed step stops the run: the message names the step, the command, its exit code and the
 tail of its stderr. Commands' stderr always reaches the terminal as it comes. Generated inputs
-(target/bench/events-N.jsonl, reveal-N.jsonl) have a manifest beside them (FILE.json: the
+(target/bench/events-N.jsonl, reveal-N.jsonl, shared-device-N.jsonl) have a manifest beside them (FILE.json: the
 parameters, size in bytes and sha256); a file is reused only when its manifest matches, else it
 is regenerated (written to a temporary name and renamed).
 
@@ -57,9 +60,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("target/bench")  # relative to ROOT, like every path below
 RESULTS = OUT / "results.jsonl"
 ETL = "target/release/etl"
-PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "status")
+PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "status", "scale")
+# The phases a plain run runs; scale (tens of minutes at 10 M events) only when named.
+DEFAULT_PHASES = PHASES[:-1]
 STATUS_ADDR = "127.0.0.1:19090"
 REVEAL_USER = "bench-reveal-user"
+SHARED_DEVICE = "bench-shared-device"
 STDERR_TAIL = 25  # lines of a failed command's stderr repeated in the failure message
 PIPE, DEVNULL = subprocess.PIPE, subprocess.DEVNULL
 
@@ -90,6 +96,7 @@ class Config:
     reveal: int
     audit: int
     round: int
+    scale: int
     admin_url: str  # PIIVAULT_PG_ADMIN_URL: creates and drops the bench databases
     file_kek: str  # file:$PIIVAULT_DEV_KEK
     kms_kek: str  # kms:$PIIVAULT_DEV_KMS_ALIAS
@@ -111,7 +118,7 @@ def config() -> Config:
             sys.exit(f"bench: {name}={raw!r} is not a positive whole number")
         return int(raw)
 
-    phases = tuple((os.environ.get("BENCH_PHASES") or " ".join(PHASES)).split())
+    phases = tuple((os.environ.get("BENCH_PHASES") or " ".join(DEFAULT_PHASES)).split())
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         sys.exit(f"bench: unknown phase(s) {' '.join(unknown)} in BENCH_PHASES; phases: {' '.join(PHASES)}")
@@ -126,6 +133,7 @@ def config() -> Config:
         reveal=size("BENCH_REVEAL", 1_000),
         audit=size("BENCH_AUDIT", 100_000),
         round=size("BENCH_ROUND", 2_000),
+        scale=size("BENCH_SCALE", 10_000_000),
         admin_url=required("PIIVAULT_PG_ADMIN_URL"),
         file_kek=f"file:{required('PIIVAULT_DEV_KEK')}",
         kms_kek=f"kms:{required('PIIVAULT_DEV_KMS_ALIAS')}",
@@ -364,9 +372,10 @@ def etl_version() -> str:
     return run("etl --version", [ETL, "--version"], stdout=PIPE).stdout.strip()
 
 
-def seeded_events(count: int) -> Path:
-    """target/bench/events-COUNT.jsonl: `etl seed --seed 7`, 1 % malformed (seed writes atomically)."""
-    params = {"generator": etl_version() + " seed", "count": count, "seed": 7, "malformed_ratio": 0.01}
+def seeded_events(count: int, seed: int = 7) -> Path:
+    """target/bench/events-COUNT.jsonl (events-COUNT-sSEED.jsonl for another seed): `etl seed`,
+    1 % malformed (seed writes atomically)."""
+    params = {"generator": etl_version() + " seed", "count": count, "seed": seed, "malformed_ratio": 0.01}
 
     def make(path: Path) -> None:
         step = f"generate {path}"
@@ -376,7 +385,8 @@ def seeded_events(count: int) -> Path:
         if written != count:
             raise StepFailed(step, f"etl seed wrote {written} events, not {count}")
 
-    return generated(OUT / f"events-{count}.jsonl", params, make)
+    name = f"events-{count}.jsonl" if seed == 7 else f"events-{count}-s{seed}.jsonl"
+    return generated(OUT / name, params, make)
 
 
 def reveal_records(n: int) -> Path:
@@ -389,6 +399,18 @@ def reveal_records(n: int) -> Path:
                         "device_id": f"dev-{i % 7}"}) + "\n" for i in range(n)))
 
     return generated(OUT / f"reveal-{n}.jsonl", params, make)
+
+
+def shared_device_records(n: int) -> Path:
+    """target/bench/shared-device-N.jsonl: N logins of N users on one device (one token)."""
+    params = {"generator": "bench.py shared device records", "count": n, "device_id": SHARED_DEVICE}
+
+    def make(path: Path) -> None:
+        write_atomically(path, "".join(
+            json.dumps({"user_id": f"bench-shared-{i}", "ip": f"10.200.{i >> 8 & 255}.{i & 255}",
+                        "device_id": SHARED_DEVICE}) + "\n" for i in range(n)))
+
+    return generated(OUT / f"shared-device-{n}.jsonl", params, make)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,6 +632,12 @@ def phase_status(cfg: Config) -> None:
         events = seeded_events(cfg.events)
         db = fresh_db(cfg, "piivault_bench_status")
         etl(f"status: load {cfg.events} events", "run", "--input", events, db=db)
+    status_views(db, "")
+
+
+def status_views(db: str, label: str) -> None:
+    """Serves db's status page with `etl run --metrics-addr` and times its views; rows are named
+    `label` + the usual names."""
     rows = int(psql("status: count user_logins", db, "SELECT count(*) FROM user_logins", stdout=PIPE).stdout)
     queue = new_queue(f"piivault-bench-status-{int(time.time())}")
     env = dict(os.environ, DATABASE_URL=db, SQS_QUEUE_URL=queue)
@@ -619,14 +647,14 @@ def phase_status(cfg: Config) -> None:
     with open(log_path, "wb") as log:
         server = subprocess.Popen(cmd, stdin=DEVNULL, stdout=DEVNULL, stderr=log, env=env)
     try:
-        status_pages(rows, server, cmd, log_path)
+        status_pages(rows, server, cmd, log_path, label)
     finally:
         code, how = stop(server)
     if code != 0:
         raise StepFailed("status: stop the server", f"after SIGTERM it {how}", cmd, log_tail(log_path))
 
 
-def status_pages(rows: int, server: subprocess.Popen, cmd: list, log_path: Path) -> None:
+def status_pages(rows: int, server: subprocess.Popen, cmd: list, log_path: Path, label: str) -> None:
     base = f"http://{STATUS_ADDR}"
 
     def failed(what: str) -> StepFailed:
@@ -654,7 +682,7 @@ def status_pages(rows: int, server: subprocess.Popen, cmd: list, log_path: Path)
 
     def page_row(name: str, times: list[float], body: bytes) -> None:
         times = sorted(times)
-        record({"name": name, "rows": rows, "median_ms": round(statistics.median(times), 1),
+        record({"name": label + name, "rows": rows, "median_ms": round(statistics.median(times), 1),
                 "p95_ms": round(times[max(int(len(times) * 0.95) - 1, 0)], 1), "bytes": len(body),
                 "unavailable_parts": body.count(b'class="unavailable"')})
 
@@ -693,9 +721,77 @@ def log_tail(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+
+
+def phase_scale(cfg: Config) -> None:
+    """Issue 19's scale run, only when named (BENCH_PHASES=scale; BENCH_SCALE events, 10,000,000):
+    backfills BENCH_SCALE events from files of at most 1,000,000 (one seed each, so generation
+    never holds more than a million), adds one user with BENCH_REVEAL records and one device
+    shared by 10,000 users, then times on that table: the backfill (rate of the first and the
+    last file too: a rate that falls as the table grows is an index or plan to fix), `report
+    duplicates`, the status page first and cached, reveal of the user and of the device's token,
+    and the key jobs reencrypt, retokenize and verify after rotating both keys. Not yet measured:
+    the writers' longest stall during a token rotation (issue 19, item 1)."""
+    phase(f"scale: {cfg.scale} events")
+    label = f"scale {cfg.scale}: "
+    db = fresh_db(cfg, "piivault_bench_scale")
+    per_file = min(cfg.scale, 1_000_000)
+    files = (cfg.scale + per_file - 1) // per_file
+    wall = cpu = peak = 0.0
+    rates = []
+    for k in range(files):
+        n = min(per_file, cfg.scale - k * per_file)
+        step = f"scale: backfill file {k + 1} of {files} ({n} events)"
+        done = etl(step, "run", "--input", seeded_events(n, seed=100 + k), db=db, stdout=PIPE)
+        received = last_json(step, done)["received"]
+        wall, cpu, peak = wall + done.wall_s, cpu + done.cpu_s, max(peak, done.peak_rss_mib)
+        rates.append(round(received / done.wall_s))
+    record({"name": f"{label}backfill --input ({files} files)", "rows": cfg.scale,
+            "wall_s": round(wall, 1), "rows_per_s": round(cfg.scale / wall),
+            "cpu_us_per_row": round(cpu * 1e6 / cfg.scale, 1), "peak_rss_mib": round(peak, 1),
+            "first_file_rows_per_s": rates[0], "last_file_rows_per_s": rates[-1]})
+    shared = 10_000
+    etl("scale: load the reveal user", "run", "--input", reveal_records(cfg.reveal), db=db)
+    etl("scale: load the shared device", "run", "--input", shared_device_records(shared), db=db)
+    rows = int(psql("scale: count user_logins", db, "SELECT count(*) FROM user_logins", stdout=PIPE).stdout)
+    psql("scale: ANALYZE", db, "ANALYZE")
+
+    def timed(name: str, want_lines: int | None, *args) -> None:
+        times = []
+        for i in range(1, 4):
+            step = f"{name}, run {i} of 3"
+            done = etl(step, *args, db=db, stdout=PIPE)
+            if want_lines is not None and len(done.stdout.splitlines()) != want_lines:
+                raise StepFailed(step, f"printed {len(done.stdout.splitlines())} lines, not {want_lines}")
+            times.append(done.wall_s)
+        record({"name": f"{label}{name}", "rows": rows, "median_s": round(statistics.median(times), 3),
+                "max_s": round(max(times), 3)})
+
+    timed(f"report duplicates --by device ({rows} rows)", None,
+          "report", "duplicates", "--by", "device", "--limit", "10")
+    # One investigation may reveal a token shared by 10,000 users: the default policy allows 50
+    # distinct users a day, so the benchmark's deployment raises it, audited like any change.
+    etl("scale: policy for a 10,000-user reveal", "policy", "set", "--users-per-window", "1000000",
+        "--reason", "benchmark: one reveal of a device shared by 10,000 users", db=db)
+    timed(f"reveal --user-id ({cfg.reveal} records)", cfg.reveal, "reveal", "--purpose",
+          "security-incident", "--user-id", REVEAL_USER, "--reason", "benchmark reveal")
+    token = psql("scale: the shared device's token", db,
+                 "SELECT masked_device_id FROM user_logins WHERE user_id = 'bench-shared-0'",
+                 stdout=PIPE).stdout.strip()
+    timed(f"reveal --token ({shared} records)", shared, "reveal", "--purpose", "fraud-investigation",
+          "--token", token, "--reason", "benchmark reveal of a shared device")
+    status_views(db, label)
+    etl("scale: rotate seal", "keys", "rotate", "--purpose", "seal", db=db)
+    etl("scale: rotate token", "keys", "rotate", "--purpose", "token", db=db)
+    measure(f"{label}keys reencrypt ({rows} rows)", "reencrypted", "keys", "reencrypt", db=db)
+    measure(f"{label}keys retokenize ({rows} rows)", "retokenized", "keys", "retokenize", db=db)
+    measure(f"{label}keys verify ({rows} rows)", "vault_rows", "keys", "verify", db=db)
+
+
 PHASE_FUNCTIONS = {
     "backfill": phase_backfill, "keys": phase_keys, "reveal": phase_reveal, "audit": phase_audit,
     "sqs": phase_sqs, "model": phase_model, "micro": phase_micro, "status": phase_status,
+    "scale": phase_scale,
 }
 
 

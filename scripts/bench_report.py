@@ -131,6 +131,33 @@ if pages:
     for r in pages:
         print(f"| {r['name']} | {r['median_ms']} | {r['p95_ms']} | {r['bytes']:,} | {r['unavailable_parts']} |")
 
+scale = find("scale ")
+if scale:
+    print("\n### Scale (issue 19; `BENCH_PHASES=scale`)\n")
+    print("| run | rows | figure |")
+    print("|---|---:|---|")
+    for r in scale:
+        if "median_s" in r:
+            figure = f"median {r['median_s']} s, max {r['max_s']} s (3 runs)"
+        elif "median_ms" in r:
+            figure = f"median {r['median_ms']} ms, p95 {r['p95_ms']} ms"
+        else:
+            figure = (f"{fmt(r['rows_per_s'])} rows/s, {r['wall_s']} s, {r['cpu_us_per_row']} µs CPU/row, "
+                      f"peak RSS {r['peak_rss_mib']} MiB")
+            if "first_file_rows_per_s" in r:
+                figure += (f"; first file {fmt(r['first_file_rows_per_s'])}/s, "
+                           f"last {fmt(r['last_file_rows_per_s'])}/s")
+        print(f"| {r['name']} | {r['rows']:,} | {figure} |")
+    for r in scale:
+        if "backfill" in r["name"]:
+            goal("scale: backfill peak RSS ≤ 64 MiB", r["peak_rss_mib"] <= 64)
+        elif "reveal --user-id" in r["name"]:
+            goal("scale: reveal of a user's 1,000 records < 100 ms", r["median_s"] < 0.1)
+        elif "report duplicates" in r["name"]:
+            goal("scale: report duplicates < 2 s", r["median_s"] < 2)
+        elif "keys " in r["name"]:
+            goal(f"scale: {r['name'].split(': ', 1)[1].split(' (')[0]} ≥ 20 k rows/s", r["rows_per_s"] >= 20_000)
+
 print("\n### Goals\n")
 for g in goals:
     print(f"- [{'x' if g['met'] else ' '}] {g['goal']}")
