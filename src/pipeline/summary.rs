@@ -88,6 +88,14 @@ struct DependencyLabels {
     dependency: &'static str,
 }
 
+impl DependencyLabels {
+    fn of(dependency: Dependency) -> DependencyLabels {
+        DependencyLabels {
+            dependency: dependency.as_str(),
+        }
+    }
+}
+
 /// Labels of the error counter: a class from a fixed vocabulary.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
@@ -172,9 +180,7 @@ impl Default for Counters {
         );
         for dependency in [Dependency::Postgres, Dependency::Sqs, Dependency::Kms] {
             // Present from the start, so rate() sees the first retry.
-            let _ = retries.get_or_create(&DependencyLabels {
-                dependency: dependency.as_str(),
-            });
+            let _ = retries.get_or_create(&DependencyLabels::of(dependency));
         }
         let errors = Family::<ClassLabels, Counter>::default();
         registry.register(
@@ -312,9 +318,7 @@ impl Counters {
     /// A failed call in `stage` is retried.
     pub fn retried(&self, stage: Stage, error: &impl Classified) {
         self.retries
-            .get_or_create(&DependencyLabels {
-                dependency: error.dependency().as_str(),
-            })
+            .get_or_create(&DependencyLabels::of(error.dependency()))
             .inc();
         self.error(Some(stage), error, true);
     }
@@ -361,9 +365,7 @@ impl Counters {
     /// Records the outcome of a background check of `dependency`.
     pub fn set_dependency_up(&self, dependency: Dependency, up: bool) {
         self.dependency_up
-            .get_or_create(&DependencyLabels {
-                dependency: dependency.as_str(),
-            })
+            .get_or_create(&DependencyLabels::of(dependency))
             .set(i64::from(up));
     }
 

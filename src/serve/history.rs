@@ -77,8 +77,7 @@ impl History {
         // Per bin: (loaded, quarantined, seconds covered), from each pair of adjacent samples
         // counted in the bin its later sample falls in.
         let mut sums = vec![(0u64, 0u64, 0f64); BINS];
-        for pair in samples.iter().collect::<Vec<_>>().windows(2) {
-            let ((t0, c0), (t1, c1)) = (pair[0], pair[1]);
+        for ((t0, c0), (t1, c1)) in samples.iter().zip(samples.iter().skip(1)) {
             let Some(age) = now.checked_duration_since(*t1) else {
                 continue;
             };

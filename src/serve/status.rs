@@ -48,6 +48,17 @@ pub struct KeyLine {
     created_at: DateTime<Utc>,
 }
 
+/// The queue's backlog as the page shows it.
+#[derive(Clone, Copy)]
+enum Backlog {
+    /// The run loads a file.
+    NoQueue,
+    /// SQS has not answered the observer yet.
+    NotRead,
+    /// The observer's last read.
+    Read(QueueDepth),
+}
+
 /// Everything the page shows, gathered before rendering.
 pub struct StatusView {
     summary: Summary,
@@ -55,9 +66,11 @@ pub struct StatusView {
     /// Loaded/quarantined per second, one-minute bins over the last hour, oldest first.
     minutes: Vec<Option<Rates>>,
     /// `None` when the run reads a file.
-    backlog: Option<Option<QueueDepth>>,
-    /// End-to-end latency over the last minute and since start.
-    latency: (Option<Quantiles>, Option<Quantiles>),
+    backlog: Backlog,
+    /// End-to-end latency over the last minute (`None`: nothing committed in it).
+    latency_minute: Option<Quantiles>,
+    /// End-to-end latency since start.
+    latency_start: Option<Quantiles>,
     stages: [(Stage, StageHealth); 3],
     last_error: Option<LastError>,
     last_commit: Option<DateTime<Utc>>,
@@ -99,10 +112,7 @@ pub async fn gather(served: &Arc<Served>) -> StatusView {
     let now = Instant::now();
     let recent_rate = served.history.recent_rate(now, summary.received);
     let counters = &served.counters;
-    let (quantiles_last_minute, quantiles_since_start) = {
-        let (since_start, minute) = counters.latency().quantiles_at(now);
-        (minute, since_start)
-    };
+    let (latency_start, latency_minute) = counters.latency().quantiles_at(now);
     let cache = &served.db_cache;
     let stale = cache
         .latest
@@ -129,8 +139,13 @@ pub async fn gather(served: &Arc<Served>) -> StatusView {
         summary,
         recent_rate,
         minutes: served.history.minutes(now),
-        backlog: served.queue.as_ref().map(|_| served.observed.depth()),
-        latency: (quantiles_last_minute, quantiles_since_start),
+        backlog: match (&served.queue, served.observed.depth()) {
+            (None, _) => Backlog::NoQueue,
+            (Some(_), None) => Backlog::NotRead,
+            (Some(_), Some(depth)) => Backlog::Read(depth),
+        },
+        latency_minute,
+        latency_start,
         stages: counters.stages().health(),
         last_error: counters.stages().last_error(),
         last_commit: counters.last_commit(),
@@ -264,14 +279,14 @@ fn render_live(html: &mut String, view: &StatusView) {
 
     html.push_str("<h2>Queue backlog</h2>");
     match view.backlog {
-        None => {
+        Backlog::NoQueue => {
             html.push_str("<p id=\"backlog\" class=\"none\">No queue: this run loads a file.</p>")
         }
-        Some(None) => html.push_str(
+        Backlog::NotRead => html.push_str(
             "<p id=\"backlog\" class=\"unavailable\">Not read yet (SQS has not answered \
              GetQueueAttributes).</p>",
         ),
-        Some(Some(depth)) => {
+        Backlog::Read(depth) => {
             let _ = write!(
                 html,
                 "<table id=\"backlog\"><tbody>\
@@ -293,8 +308,8 @@ fn render_live(html: &mut String, view: &StatusView) {
          <th></th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>",
     );
     for (id, label, q) in [
-        ("latency-minute", "last minute", view.latency.0),
-        ("latency-start", "since start", view.latency.1),
+        ("latency-minute", "last minute", view.latency_minute),
+        ("latency-start", "since start", view.latency_start),
     ] {
         match q {
             Some(q) => {
@@ -320,7 +335,9 @@ fn render_live(html: &mut String, view: &StatusView) {
     table_head(html, "stages", &["stage", "state", "since"]);
     for (stage, health) in view.stages {
         let (state, at) = match health {
-            _ if view.backlog.is_none() && stage == Stage::Delete => ("not used", None),
+            _ if matches!(view.backlog, Backlog::NoQueue) && stage == Stage::Delete => {
+                ("not used", None)
+            }
             StageHealth::Waiting => ("waiting", None),
             StageHealth::Ok(at) => ("ok", Some(at)),
             StageHealth::Retrying(at) => ("retrying", Some(at)),
@@ -519,20 +536,18 @@ mod tests {
             },
             recent_rate: None,
             minutes: vec![None; 60],
-            backlog: Some(Some(QueueDepth {
+            backlog: Backlog::Read(QueueDepth {
                 visible: 1200,
                 in_flight: 30,
                 delayed: 2,
                 at: Utc::now(),
-            })),
-            latency: (
-                Some(Quantiles {
-                    p50: 0.0421,
-                    p95: 0.9,
-                    p99: 2.5,
-                }),
-                None,
-            ),
+            }),
+            latency_minute: Some(Quantiles {
+                p50: 0.0421,
+                p95: 0.9,
+                p99: 2.5,
+            }),
+            latency_start: None,
             stages: [
                 (Stage::Receive, StageHealth::Ok(Utc::now())),
                 (Stage::Write, StageHealth::Retrying(Utc::now())),
@@ -602,7 +617,7 @@ mod tests {
         );
         // A file run has no queue: no backlog, and nothing to delete.
         let mut file = view();
-        file.backlog = None;
+        file.backlog = Backlog::NoQueue;
         let html = render(&file);
         assert!(html.contains("No queue: this run loads a file."));
         assert!(html.contains("<td>delete</td><td>not used</td>"));

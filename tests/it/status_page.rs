@@ -2,7 +2,7 @@
 //! `chromium`, installed by `scripts/stack.sh tools`) while a real consumer runs as a login
 //! holding only `piivault_etl`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::support::{Setup, assert_no_input_values, free_port, http_get, sample_bodies, send};
@@ -48,11 +48,25 @@ fn headless(bin: &str, url: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Where the screenshot goes: kept under target/ for a person to look at after the run.
-fn screenshot_path() -> PathBuf {
+/// Takes a screenshot of `url` at `size` ("width,height") into target/test-output/`name`, kept
+/// for a person to look at after the run; returns its bytes, checked to be a PNG.
+fn screenshot(bin: &str, url: &str, name: &str, size: &str) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("status-page.png")
+    let png = dir.join(name);
+    let _ = std::fs::remove_file(&png);
+    headless(
+        bin,
+        url,
+        &[
+            &format!("--screenshot={}", png.display()),
+            &format!("--window-size={size}"),
+        ],
+    );
+    let bytes = std::fs::read(&png).expect("chromium wrote no screenshot");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+    println!("status page screenshot: {}", png.display());
+    bytes
 }
 
 /// The text of the element with `id` in `dom` (the first `>` after the id to the next `<`).
@@ -233,32 +247,10 @@ async fn the_status_page_renders_counts_keys_and_duplicate_tokens_in_chromium() 
     // Tokens and counts only: no user id, IP or device id of any message.
     assert_no_input_values(&dom, &bodies, "the status page");
 
-    let png = screenshot_path();
-    let _ = std::fs::remove_file(&png);
-    headless(
-        &bin,
-        &url,
-        &[
-            &format!("--screenshot={}", png.display()),
-            "--window-size=1100,1300",
-        ],
-    );
-    let bytes = std::fs::read(&png).expect("chromium wrote no screenshot");
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let bytes = screenshot(&bin, &url, "status-page.png", "1100,1300");
     assert!(bytes.len() > 20_000, "a near-empty screenshot");
-    println!("status page screenshot: {}", png.display());
     // As a phone shows it: the same page at a phone's width, tables scroll inside themselves.
-    let phone = png.with_file_name("status-page-phone.png");
-    let _ = std::fs::remove_file(&phone);
-    headless(
-        &bin,
-        &url,
-        &[
-            &format!("--screenshot={}", phone.display()),
-            "--window-size=390,2400",
-        ],
-    );
-    assert_eq!(&std::fs::read(&phone).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    screenshot(&bin, &url, "status-page-phone.png", "390,2400");
 
     let out = crate::support::sigterm(consumer).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
