@@ -28,6 +28,7 @@ fn per_event(c: &mut Criterion) {
     let write = WriteKeys {
         seal: &seal,
         token: &token,
+        pending_token: None,
     };
     let mut i = 0;
     let mut next = || {

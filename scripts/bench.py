@@ -19,12 +19,15 @@ BENCH_EVENTS others, end to end and its two statements alone (`vault.reveal_requ
 `reveal_rows()`; median of 5 runs each). The audit phase times `audit verify`, `checkpoint`,
 `verify --checkpoint`, `export` and `report` on a trail of BENCH_AUDIT (100,000) rows, with each
 command's own peak RSS. The status phase times the status page, /metrics and /readyz of
-`etl run --metrics-addr` on the biggest table an earlier phase left. The scale phase (issue 19;
-only when named, e.g. BENCH_PHASES=scale) backfills BENCH_SCALE (10,000,000) events and times
-report duplicates, the status page, reveals of a user and of a token shared by 10,000 users,
-and the key jobs on that table (see phase_scale).
+`etl run --metrics-addr` on the biggest table an earlier phase left. The indexes phase COPYs the
+BENCH_BIG backfill's rows into schemas with one index less (or the dropped rotation-only ones
+back): what each index costs a load. Every raw COPY is the best of BENCH_COPY_RUNS (3). The
+scale phase (issue 19; only when named, e.g. BENCH_PHASES=scale) backfills BENCH_SCALE
+(10,000,000) events and times report duplicates, the status page, reveals of a user and of a
+token shared by 10,000 users, the raw-COPY limit of its rows, and a full rotation of both keys
+under live load: the key jobs' rates and the longest writer stall (see phase_scale).
 
-BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status"; "scale"
+BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status indexes"; "scale"
 only when named); they run in that order. Rows go to target/bench/results.jsonl; scripts/bench_report.py then prints
 markdown tables, checks the goals and writes target/bench/results.json.
 
@@ -60,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("target/bench")  # relative to ROOT, like every path below
 RESULTS = OUT / "results.jsonl"
 ETL = "target/release/etl"
-PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "status", "scale")
+PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "status", "indexes", "scale")
 # The phases a plain run runs; scale (tens of minutes at 10 M events) only when named.
 DEFAULT_PHASES = PHASES[:-1]
 STATUS_ADDR = "127.0.0.1:19090"
@@ -97,6 +100,7 @@ class Config:
     audit: int
     round: int
     scale: int
+    copy_runs: int
     admin_url: str  # PIIVAULT_PG_ADMIN_URL: creates and drops the bench databases
     file_kek: str  # file:$PIIVAULT_DEV_KEK
     kms_kek: str  # kms:$PIIVAULT_DEV_KMS_ALIAS
@@ -134,6 +138,7 @@ def config() -> Config:
         audit=size("BENCH_AUDIT", 100_000),
         round=size("BENCH_ROUND", 2_000),
         scale=size("BENCH_SCALE", 10_000_000),
+        copy_runs=size("BENCH_COPY_RUNS", 3),
         admin_url=required("PIIVAULT_PG_ADMIN_URL"),
         file_kek=f"file:{required('PIIVAULT_DEV_KEK')}",
         kms_kek=f"kms:{required('PIIVAULT_DEV_KMS_ALIAS')}",
@@ -425,18 +430,55 @@ def phase_backfill(cfg: Config) -> None:
     events, big = seeded_events(cfg.events), seeded_events(cfg.big)
     db = fresh_db(cfg, "piivault_bench")
     measure(f"backfill --input ({cfg.events} events)", "received", "run", "--input", events, db=db)
-    tables = ["user_logins", "vault.login_pii", "etl.quarantine"]
-    for t in tables:
-        psql(f"raw COPY: dump {t}", db, f"\\copy {t} TO '{OUT}/copy-{t}.bin' (FORMAT binary)")
-    copy_db = fresh_db(cfg, "piivault_bench_copy")
-    # All three tables in one transaction (-1).
-    loads = [f"\\copy {t} FROM '{OUT}/copy-{t}.bin' (FORMAT binary)" for t in tables]
-    done = run("raw COPY limit", ["psql", copy_db, "-q", "-v", "ON_ERROR_STOP=1", "-1",
-                                  *[arg for load in loads for arg in ("-c", load)]])
-    record({"name": f"raw COPY limit ({cfg.events} events' rows)", "rows": cfg.events,
-            "wall_s": round(done.wall_s, 2), "rows_per_s": round(cfg.events / done.wall_s)})
+    raw_copy_limit(cfg, db, f"raw COPY limit ({cfg.events} events' rows)", cfg.events)
     big_db = fresh_db(cfg, "piivault_bench_big")
     measure(f"backfill --input ({cfg.big} events)", "received", "run", "--input", big, db=big_db)
+    raw_copy_limit(cfg, big_db, f"raw COPY limit ({cfg.big} events' rows)", cfg.big)
+
+
+# The tables a backfill writes, as COPY names them (user_logins is the analysts' view of the
+# first).
+COPIED_TABLES = ["etl.logins", "vault.login_pii", "etl.quarantine"]
+
+
+def raw_copy_limit(cfg: Config, db: str, name: str, rows: int) -> None:
+    """The rows a backfill stored in db, COPYed (binary, all three tables in one transaction)
+    into freshly migrated tables, best of BENCH_COPY_RUNS (3): the database's own ceiling for
+    these rows with the indexes the schema carries (only those analysts, idempotency and
+    reveal need since migration 0015)."""
+    dump_tables(db)
+    walls = copy_best_of(cfg, name)
+    best = min(walls)
+    record({"name": name, "rows": rows, "wall_s": round(best, 2),
+            "rows_per_s": round(rows / best), "runs_s": [round(w, 2) for w in walls]})
+    drop_dumps()
+
+
+def dump_tables(db: str) -> None:
+    """target/bench/copy-TABLE.bin: each table a backfill writes, in COPY's binary format."""
+    for t in COPIED_TABLES:
+        psql(f"raw COPY: dump {t}", db, f"\\copy {t} TO '{OUT}/copy-{t}.bin' (FORMAT binary)")
+
+
+def drop_dumps() -> None:
+    for t in COPIED_TABLES:
+        (OUT / f"copy-{t}.bin").unlink()
+
+
+def copy_best_of(cfg: Config, label: str, prepare: str | None = None) -> list[float]:
+    """BENCH_COPY_RUNS COPYs of the dumped tables (all three in one transaction, -1) into a
+    fresh, migrated database each, after running prepare there; their wall times."""
+    loads = [f"\\copy {t} FROM '{OUT}/copy-{t}.bin' (FORMAT binary)" for t in COPIED_TABLES]
+    walls = []
+    for i in range(1, cfg.copy_runs + 1):
+        copy_db = fresh_db(cfg, "piivault_bench_copy")
+        if prepare:
+            psql(f"raw COPY ({label}): prepare", copy_db, prepare)
+        done = run(f"raw COPY ({label}), run {i} of {cfg.copy_runs}",
+                   ["psql", copy_db, "-q", "-v", "ON_ERROR_STOP=1", "-1",
+                    *[arg for load in loads for arg in ("-c", load)]])
+        walls.append(done.wall_s)
+    return walls
 
 
 def phase_keys(cfg: Config) -> None:
@@ -730,8 +772,8 @@ def phase_scale(cfg: Config) -> None:
     shared by 10,000 users, then times on that table: the backfill (rate of the first and the
     last file too: a rate that falls as the table grows is an index or plan to fix), `report
     duplicates`, the status page first and cached, reveal of the user and of the device's token,
-    and the key jobs reencrypt, retokenize and verify after rotating both keys. Not yet measured:
-    the writers' longest stall during a token rotation (issue 19, item 1)."""
+    the raw-COPY limit for the table's rows (best of BENCH_COPY_RUNS), and a full rotation of
+    both keys under live load: the key jobs' rates and the longest writer stall."""
     phase(f"scale: {cfg.scale} events")
     label = f"scale {cfg.scale}: "
     db = fresh_db(cfg, "piivault_bench_scale")
@@ -781,17 +823,155 @@ def phase_scale(cfg: Config) -> None:
     timed(f"reveal --token ({shared} records)", shared, "reveal", "--purpose", "fraud-investigation",
           "--token", token, "--reason", "benchmark reveal of a shared device")
     status_views(db, label)
-    etl("scale: rotate seal", "keys", "rotate", "--purpose", "seal", db=db)
-    etl("scale: rotate token", "keys", "rotate", "--purpose", "token", db=db)
-    measure(f"{label}keys reencrypt ({rows} rows)", "reencrypted", "keys", "reencrypt", db=db)
-    measure(f"{label}keys retokenize ({rows} rows)", "retokenized", "keys", "retokenize", db=db)
-    measure(f"{label}keys verify ({rows} rows)", "vault_rows", "keys", "verify", db=db)
+    raw_copy_limit(cfg, db, f"{label}raw COPY limit ({rows} rows)", rows)
+    rotation_under_load(db, label, rows)
+
+
+# What each index costs a load (issue 19, item 4): the indexes migration 0015 dropped, and each
+# index the schema keeps, as (name, SQL run on the fresh copy database before the COPY).
+INDEX_VARIANTS = [
+    ("+ token_version (dropped in 0015)",
+     "CREATE INDEX ON etl.logins (token_version_a); CREATE INDEX ON vault.login_pii (key_version); "
+     "CREATE INDEX ON etl.quarantine (key_version)"),
+    ("- logins_message_id_key (idempotency)", "DROP INDEX etl.logins_message_id_key"),
+    ("- logins_ip_token_a_idx (analysts)", "DROP INDEX etl.logins_ip_token_a_idx"),
+    ("- logins_device_token_a_idx (analysts)", "DROP INDEX etl.logins_device_token_a_idx"),
+    ("- login_pii_pkey (idempotency, reveal)",
+     "ALTER TABLE vault.login_pii DROP CONSTRAINT login_pii_pkey"),
+    ("- login_pii_user_id_idx (reveal, erase)", "DROP INDEX vault.login_pii_user_id_idx"),
+]
+
+
+def phase_indexes(cfg: Config) -> None:
+    """Each index's cost on a load: the BENCH_BIG backfill's rows (piivault_bench_big, left by
+    the backfill phase) COPYed into a fresh schema with all its indexes, then with one index
+    dropped (or the dropped rotation-only ones added), best of BENCH_COPY_RUNS each."""
+    phase("index costs")
+    db = cfg.db_url("piivault_bench_big")
+    rows = int(psql("indexes: count etl.logins", db, "SELECT count(*) FROM etl.logins", stdout=PIPE).stdout)
+    dump_tables(db)
+    for name, sql in [("all indexes of the schema", None), *INDEX_VARIANTS]:
+        walls = copy_best_of(cfg, f"index cost: {name}", sql)
+        best = min(walls)
+        record({"name": f"index cost: COPY with {name}", "rows": rows, "wall_s": round(best, 2),
+                "rows_per_s": round(rows / best), "runs_s": [round(w, 2) for w in walls]})
+    drop_dumps()
+
+
+def rotation_under_load(db: str, label: str, rows: int) -> None:
+    """A full rotation of both keys (rotate, reencrypt, retokenize, verify, retire the old
+    versions) while a loader keeps writing and a probe times what a writer waits for: the
+    longest probe is the longest writer stall any key job caused."""
+    probe = WriterProbe(db)
+    loader = Loader(db)
+    try:
+        etl("scale: rotate seal", "keys", "rotate", "--purpose", "seal", db=db)
+        etl("scale: rotate token", "keys", "rotate", "--purpose", "token", db=db)
+        measure(f"{label}keys reencrypt ({rows} rows)", "reencrypted", "keys", "reencrypt", db=db)
+        measure(f"{label}keys retokenize ({rows} rows)", "retokenized", "keys", "retokenize", db=db)
+        measure(f"{label}keys verify ({rows} rows)", "vault_rows", "keys", "verify", db=db)
+        for purpose in ("seal", "token"):
+            etl(f"scale: retire {purpose} v1", "keys", "retire", "--purpose", purpose, "--version", "1",
+                db=db)
+    finally:
+        loaded = loader.stop()
+        waits = probe.stop()
+    waits.sort()
+    record({"name": f"{label}writer stall during a full rotation", "rows": rows,
+            "probes": len(waits), "max_ms": round(waits[-1] * 1000, 1),
+            "p99_ms": round(waits[int(len(waits) * 0.99)] * 1000, 1),
+            "median_ms": round(statistics.median(waits) * 1000, 1), "loaded_meanwhile": loaded})
+
+
+class WriterProbe:
+    """Every PROBE_EVERY_S, one transaction that takes what a batch write takes — an insert into
+    etl.logins and vault.login_pii, a read of the key states — and rolls back, on a psql session
+    of its own, timed from sending it to its answer."""
+
+    PROBE_EVERY_S = 0.05
+    SQL = ("BEGIN;\n"
+           "INSERT INTO etl.logins (message_id, user_id) VALUES ('bench-probe', 'bench-probe');\n"
+           "INSERT INTO vault.login_pii (message_id, user_id, key_version) "
+           "VALUES ('bench-probe', 'bench-probe', 1);\n"
+           "SELECT count(*) FROM vault.data_keys;\n"
+           "ROLLBACK;\n"
+           "\\echo probe-done\n")
+
+    def __init__(self, db: str):
+        self.psql = subprocess.Popen(["psql", db, "-qAt", "-v", "ON_ERROR_STOP=1"], stdin=PIPE,
+                                     stdout=PIPE, stderr=PIPE, text=True, bufsize=1)
+        self.waits: list[float] = []
+        self.failure: str | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        while not self.done.is_set():
+            started = time.monotonic()
+            self.psql.stdin.write(self.SQL)
+            self.psql.stdin.flush()
+            while True:
+                line = self.psql.stdout.readline()
+                if not line:
+                    self.failure = self.psql.stderr.read()
+                    return
+                if line.strip() == "probe-done":
+                    break
+            self.waits.append(time.monotonic() - started)
+            self.done.wait(self.PROBE_EVERY_S)
+
+    def stop(self) -> list[float]:
+        self.done.set()
+        self.thread.join()
+        self.psql.stdin.close()
+        self.psql.wait()
+        if self.failure is not None or not self.waits:
+            raise StepFailed("writer probe", f"psql stopped: {self.failure}")
+        return self.waits
+
+
+class Loader:
+    """Live load: `etl run --input` of LOADER_EVENTS new events at a time (a new seed each),
+    LOADER_PAUSE_S apart, until stopped; returns the rows it loaded."""
+
+    LOADER_EVENTS = 10_000
+    LOADER_PAUSE_S = 2.0
+
+    def __init__(self, db: str):
+        self.db = db
+        self.loaded = 0
+        self.failure: StepFailed | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        seed = 900
+        while not self.done.is_set():
+            step = f"scale: live load (seed {seed})"
+            try:
+                events = seeded_events(self.LOADER_EVENTS, seed=seed)
+                done = etl(step, "run", "--input", events, db=self.db, stdout=PIPE, echo_stderr=False)
+                self.loaded += last_json(step, done)["loaded"]
+            except StepFailed as e:
+                self.failure = e
+                return
+            seed += 1
+            self.done.wait(self.LOADER_PAUSE_S)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        if self.failure is not None:
+            raise self.failure
+        return self.loaded
 
 
 PHASE_FUNCTIONS = {
     "backfill": phase_backfill, "keys": phase_keys, "reveal": phase_reveal, "audit": phase_audit,
     "sqs": phase_sqs, "model": phase_model, "micro": phase_micro, "status": phase_status,
-    "scale": phase_scale,
+    "scale": phase_scale, "indexes": phase_indexes,
 }
 
 

@@ -19,6 +19,9 @@ pub struct WriteKeys<'a> {
     pub seal: &'a SealKey,
     /// Computes `masked_*` tokens.
     pub token: &'a TokenKey,
+    /// The pending token key while a token rotation is under way: new rows carry its tokens
+    /// too, so the switch never has to wait for them.
+    pub pending_token: Option<&'a TokenKey>,
 }
 
 /// What one message becomes.
@@ -50,11 +53,20 @@ pub struct ProtectedLogin {
     pub masked_ip: Option<Token>,
     pub masked_device_id: Option<Token>,
     pub token_version: KeyVersion,
+    /// Tokens under the pending token key, if one is pending.
+    pub pending: Option<PendingTokens>,
     pub seal_version: KeyVersion,
     pub ip_sealed: Option<Sealed>,
     pub device_id_sealed: Option<Sealed>,
     pub create_date: NaiveDate,
     pub received_at: DateTime<Utc>,
+}
+
+/// A login's tokens under the pending token key.
+pub struct PendingTokens {
+    pub version: KeyVersion,
+    pub ip: Option<Token>,
+    pub device_id: Option<Token>,
 }
 
 /// A rejected message ready for `etl.quarantine`: the raw body sealed, the reason in clear.
@@ -103,6 +115,17 @@ fn protect_login(
             )
         })
         .unzip();
+    let pending = keys.pending_token.map(|key| PendingTokens {
+        version: key.version(),
+        ip: login
+            .ip
+            .as_ref()
+            .map(|ip| key.token(Field::Ip, ip.canonical())),
+        device_id: login
+            .device_id
+            .as_ref()
+            .map(|device| key.token(Field::DeviceId, device.canonical())),
+    });
     ProtectedLogin {
         message_id: message.message_id.clone(),
         app_version: login
@@ -116,6 +139,7 @@ fn protect_login(
         masked_ip,
         masked_device_id,
         token_version: keys.token.version(),
+        pending,
         seal_version: keys.seal.version(),
         ip_sealed,
         device_id_sealed,
@@ -270,6 +294,7 @@ mod tests {
         let keys = WriteKeys {
             seal: &seal,
             token: &token,
+            pending_token: None,
         };
         // Sent just before midnight UTC, received after: create_date is the sent date.
         let sent = Utc.with_ymd_and_hms(2026, 3, 1, 23, 59, 58).unwrap();
@@ -293,6 +318,10 @@ mod tests {
             (KeyVersion(2), KeyVersion(1))
         );
         assert_eq!(login.locale, None);
+        assert!(
+            login.pending.is_none(),
+            "no rotation pending: one token slot"
+        );
         let mut ring = Keyring::default();
         ring.add_seal(
             SealKey::from_unwrapped(KeyVersion(1), &[1; 32]).unwrap(),
@@ -312,6 +341,27 @@ mod tests {
     }
 
     #[test]
+    fn while_a_token_key_is_pending_a_login_carries_both_versions_tokens() {
+        let (seal, token) = keys();
+        let next = TokenKey::from_unwrapped(KeyVersion(3), &[3; 32]).unwrap();
+        let keys = WriteKeys {
+            seal: &seal,
+            token: &token,
+            pending_token: Some(&next),
+        };
+        let body = r#"{"user_id":"u","ip":"010.0.0.1","device_id":" d-1 "}"#;
+        let Record::Login(login) = protect(keys, &message(body, Utc::now()), Utc::now()) else {
+            panic!("rejected")
+        };
+        let pending = login.pending.expect("pending tokens");
+        assert_eq!(pending.version, KeyVersion(3));
+        // Canonical forms, exactly as the active key's tokens (and retokenize) compute them.
+        assert_eq!(pending.ip, Some(next.token(Field::Ip, "10.0.0.1")));
+        assert_eq!(pending.device_id, Some(next.token(Field::DeviceId, "d-1")));
+        assert_ne!(pending.ip, login.masked_ip);
+    }
+
+    #[test]
     fn a_rejection_seals_the_whole_body_and_keeps_only_the_reason() {
         let (seal, token) = keys();
         let body = r#"{"user_id": 5, "ip": "10.0.0.1"}"#;
@@ -319,6 +369,7 @@ mod tests {
             WriteKeys {
                 seal: &seal,
                 token: &token,
+                pending_token: None,
             },
             &message(body, Utc::now()),
             Utc::now(),
@@ -350,6 +401,7 @@ mod tests {
             WriteKeys {
                 seal: &seal,
                 token: &token,
+                pending_token: None,
             },
             &message,
             Utc::now(),

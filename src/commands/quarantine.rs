@@ -81,6 +81,9 @@ pub async fn run(args: QuarantineArgs, ctx: &Context) -> Result<(), Error> {
 }
 
 async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Result<(), Error> {
+    // As `etl run` does: a key change after this point fails the commit that would write
+    // tokens of a superseded version (or none in the slot analysts are switched to).
+    let fingerprint = store::keys::fingerprint(pool).await?;
     let keys = ctx.keyring(pool).await?;
     let write_keys = WriteKeys {
         seal: keys
@@ -89,7 +92,9 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
         token: keys
             .active_token()
             .ok_or(Error::NoKeys(crate::crypto::Purpose::Token))?,
+        pending_token: keys.pending_token(),
     };
+    let slot = store::keys::active_token_slot(pool).await?;
     let selector = match only {
         Some(id) => format!("message_id={id}"),
         None => "all quarantined bodies".to_owned(),
@@ -130,9 +135,14 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
                         .begin()
                         .await
                         .map_err(StoreError::during("starting a transaction"))?;
-                    match store::writer::write_batch(&mut tx, std::slice::from_ref(&login)).await {
+                    match store::writer::write_batch(&mut tx, std::slice::from_ref(&login), slot)
+                        .await
+                    {
                         Ok(_) => {
                             store::quarantine::remove(&mut tx, &entry.message_id).await?;
+                            if store::keys::fingerprint(&mut *tx).await? != fingerprint {
+                                return Err(Error::KeysChanging);
+                            }
                             tx.commit()
                                 .await
                                 .map_err(StoreError::during("committing a replayed message"))?;

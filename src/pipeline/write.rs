@@ -19,6 +19,7 @@ use crate::kek::Kek;
 use crate::keystore;
 use crate::protect::{self, Record, WriteKeys};
 use crate::source::Received;
+use crate::store::keys::TokenSlot;
 use crate::store::writer::{self, BatchCounts};
 use crate::store::{self, StoreError};
 
@@ -31,10 +32,11 @@ pub struct Pipeline {
     keys: RwLock<Arc<Loaded>>,
 }
 
-/// A keyring and the key states it was loaded under.
+/// A keyring, the key states it was loaded under and the active token key's slot.
 struct Loaded {
     keys: Keyring,
     fingerprint: String,
+    slot: TokenSlot,
 }
 
 impl Pipeline {
@@ -54,7 +56,12 @@ impl Pipeline {
         let keys = keystore::load(pool, kek).await?;
         keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
         keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
-        Ok(Loaded { keys, fingerprint })
+        let slot = store::keys::active_token_slot(pool).await?;
+        Ok(Loaded {
+            keys,
+            fingerprint,
+            slot,
+        })
     }
 
     fn loaded(&self) -> Arc<Loaded> {
@@ -79,15 +86,16 @@ impl Pipeline {
         let write_keys = WriteKeys {
             seal: loaded.keys.active_seal().expect("checked on load"),
             token: loaded.keys.active_token().expect("checked on load"),
+            pending_token: loaded.keys.pending_token(),
         };
         let now = Utc::now();
         let records: Vec<Record> = newest
             .iter()
             .map(|&i| protect::protect(write_keys, &chunk[i], now))
             .collect();
-        let written = match self.write(&records, &loaded.fingerprint).await {
+        let written = match self.write(&records, &loaded).await {
             Err(StoreError::Rejected { .. }) => {
-                self.isolate(chunk, &newest, records, write_keys, &loaded.fingerprint)
+                self.isolate(chunk, &newest, records, write_keys, &loaded)
                     .await
             }
             other => other,
@@ -109,11 +117,11 @@ impl Pipeline {
         newest: &[usize],
         records: Vec<Record>,
         keys: WriteKeys<'_>,
-        fingerprint: &str,
+        loaded: &Loaded,
     ) -> Result<Option<BatchCounts>, StoreError> {
         let mut total = BatchCounts::default();
         for (record, &i) in records.into_iter().zip(newest) {
-            let counts = match self.write(std::slice::from_ref(&record), fingerprint).await {
+            let counts = match self.write(std::slice::from_ref(&record), loaded).await {
                 Err(StoreError::Rejected { code, .. }) => {
                     tracing::warn!(message_id = %batch[i].message_id, %code, "row refused by the database; quarantined");
                     let reason = format!(
@@ -122,7 +130,7 @@ impl Pipeline {
                     );
                     let entry =
                         protect::quarantine_with_reason(keys, &batch[i], reason, Utc::now());
-                    self.write(&[Record::Quarantine(entry)], fingerprint).await
+                    self.write(&[Record::Quarantine(entry)], loaded).await
                 }
                 other => other,
             };
@@ -143,15 +151,15 @@ impl Pipeline {
     async fn write(
         &self,
         records: &[Record],
-        fingerprint: &str,
+        loaded: &Loaded,
     ) -> Result<Option<BatchCounts>, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(StoreError::during("starting a transaction"))?;
-        let counts = writer::write_batch(&mut tx, records).await?;
-        if store::keys::fingerprint(&mut *tx).await? != fingerprint {
+        let counts = writer::write_batch(&mut tx, records, loaded.slot).await?;
+        if store::keys::fingerprint(&mut *tx).await? != loaded.fingerprint {
             return Ok(None);
         }
         tx.commit()

@@ -9,6 +9,68 @@ use crate::key_lifecycle::KeyStatus;
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
+/// One of the two token slots of `etl.logins` (migration 0015). The active and the pending
+/// token key always write different slots; analysts' `user_logins` shows the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSlot {
+    A,
+    B,
+}
+
+impl TokenSlot {
+    fn parse(name: &str) -> Result<TokenSlot, StoreError> {
+        match name {
+            "a" => Ok(TokenSlot::A),
+            "b" => Ok(TokenSlot::B),
+            other => Err(StoreError::Query {
+                what: "reading a token key's slot",
+                detail: format!("unknown slot {other:?}"),
+            }),
+        }
+    }
+
+    /// The slot's name in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSlot::A => "a",
+            TokenSlot::B => "b",
+        }
+    }
+
+    /// The slot the other key (active or pending) uses.
+    pub fn other(self) -> TokenSlot {
+        match self {
+            TokenSlot::A => TokenSlot::B,
+            TokenSlot::B => TokenSlot::A,
+        }
+    }
+}
+
+/// The slot of the active token key (what writers put the active tokens in).
+pub async fn active_token_slot<'c, E: sqlx::Executor<'c, Database = Postgres>>(
+    executor: E,
+) -> Result<TokenSlot, StoreError> {
+    let slot: Option<String> = sqlx::query_scalar(
+        "SELECT slot FROM vault.data_keys WHERE purpose = 'token' AND state = 'active'",
+    )
+    .fetch_optional(executor)
+    .await
+    .map_err(StoreError::during("reading the active token key's slot"))?;
+    TokenSlot::parse(slot.as_deref().unwrap_or_default())
+}
+
+/// The slot a token key version wrote (it keeps it after leaving the active state), if any.
+pub async fn slot_of(pool: &PgPool, version: KeyVersion) -> Result<Option<TokenSlot>, StoreError> {
+    let slot: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT slot FROM vault.data_keys WHERE purpose = 'token' AND version = $1",
+    )
+    .bind(column(version))
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::during("reading a token key's slot"))?;
+    slot.flatten().as_deref().map(TokenSlot::parse).transpose()
+}
+
 /// One stored data key: wrapped bytes only (none once retired).
 pub struct DataKeyRow {
     pub purpose: Purpose,

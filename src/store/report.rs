@@ -51,7 +51,7 @@ pub async fn duplicate_groups(
 pub async fn user_logins_estimate(pool: &PgPool) -> Result<i64, StoreError> {
     sqlx::query_scalar(
         "SELECT coalesce(max(n_live_tup), 0) FROM pg_stat_user_tables
-         WHERE relid = 'public.user_logins'::regclass",
+         WHERE relid = 'etl.logins'::regclass",
     )
     .fetch_one(pool)
     .await

@@ -7,6 +7,7 @@ use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use super::StoreError;
 use super::jobs::JobId;
+use super::keys::TokenSlot;
 use super::quarantine::SealedBody;
 use crate::crypto::{KeyState, KeyVersion, Purpose};
 
@@ -149,46 +150,10 @@ pub async fn reseal_quarantine(tx: &mut Tx<'_>, rows: &[ResealedBody]) -> Result
     Ok(result.rows_affected())
 }
 
-/// Analysts' rows (with a vault row) whose new-version token is not staged yet.
-pub async fn count_unstaged(pool: &PgPool) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM user_logins u JOIN vault.login_pii p USING (message_id)
-         WHERE NOT EXISTS (SELECT 1 FROM etl.token_next n WHERE n.message_id = u.message_id)",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(during("counting rows to re-tokenize"))
-}
-
-/// Rows not staged yet, with their sealed originals (the swap's final pass, under lock).
-pub async fn unstaged<'c, E: Executor<'c, Database = Postgres>>(
-    executor: E,
-    job: JobId,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<SealedRow>, StoreError> {
-    job_vault_rows(executor, job, Filter::Unstaged, after, limit)
-        .await
-        .map_err(during("reading rows to re-tokenize"))
-}
-
-/// The next page of vault rows after `after`, in `message_id` order (a plain index range).
-pub async fn vault_page(
-    pool: &PgPool,
-    job: JobId,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<SealedRow>, StoreError> {
-    job_vault_rows(pool, job, Filter::All, after, limit)
-        .await
-        .map_err(during("reading vault rows to re-tokenize"))
-}
-
 /// Which vault rows a job page holds (`vault.job_vault_rows()`'s filter).
 enum Filter {
     All,
     NotSealedAt(i32),
-    Unstaged,
 }
 
 /// One page of a job's vault rows, with the analysts' row's user and tokens.
@@ -206,7 +171,6 @@ where
     let (name, version) = match filter {
         Filter::All => ("all", None),
         Filter::NotSealedAt(v) => ("not_sealed_at", Some(v)),
-        Filter::Unstaged => ("unstaged", None),
     };
     sqlx::query_as(
         "SELECT message_id, user_id, login_user_id, key_version, ip_sealed, device_id_sealed,
@@ -222,71 +186,131 @@ where
     .await
 }
 
-/// The highest staged message id: staging runs in id order, so a re-run resumes after it.
-pub async fn last_staged(pool: &PgPool) -> Result<Option<String>, StoreError> {
-    sqlx::query_scalar("SELECT max(message_id) FROM etl.token_next")
+/// Rows that do not carry token key `version` in `slot` yet, as the database counts them
+/// (`vault.rows_missing_slot()`, the same rule that lets the key become active).
+pub async fn count_missing(
+    pool: &PgPool,
+    slot: TokenSlot,
+    version: i32,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT vault.rows_missing_slot($1, $2)")
+        .bind(slot.as_str())
+        .bind(version)
         .fetch_one(pool)
         .await
-        .map_err(during("reading the staged tokens"))
+        .map_err(during("counting rows to re-tokenize"))
 }
 
-/// Stages new-version tokens: (message id, masked ip, masked device id).
-pub async fn stage_tokens(
-    tx: &mut Tx<'_>,
+/// The next page of vault rows whose analysts' row lacks the pending key `version` in its slot.
+pub async fn unfilled_page(
+    pool: &PgPool,
+    job: JobId,
     version: i32,
-    rows: &[(String, Option<String>, Option<String>)],
-) -> Result<u64, StoreError> {
-    let result = sqlx::query(
-        "INSERT INTO etl.token_next (message_id, token_version, masked_ip, masked_device_id)
-         SELECT x.id, $1, x.ip, x.dev FROM UNNEST($2::text[], $3::varchar[], $4::varchar[]) AS x(id, ip, dev)
-         ON CONFLICT (message_id) DO UPDATE
-           SET token_version = EXCLUDED.token_version, masked_ip = EXCLUDED.masked_ip,
-               masked_device_id = EXCLUDED.masked_device_id",
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT message_id, user_id, key_version, ip_sealed, device_id_sealed
+         FROM vault.job_token_fill_rows($1, $2, $3, $4)",
     )
+    .bind(job.0)
     .bind(version)
-    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2.as_deref()).collect::<Vec<_>>())
-    .execute(&mut **tx)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
     .await
-    .map_err(during("staging new tokens"))?;
+    .map_err(during("reading rows to re-tokenize"))
+}
+
+/// Tokens of one row under the pending key: (message id, ip token, device id token).
+pub type FilledRow = (String, Option<String>, Option<String>);
+
+/// Writes pending-key tokens into `slot` of each row, in its own committed transaction (a
+/// short one: writers of new rows never wait for it).
+pub async fn commit_filled(
+    pool: PgPool,
+    slot: TokenSlot,
+    version: i32,
+    rows: Vec<FilledRow>,
+) -> Result<u64, StoreError> {
+    let sql = match slot {
+        TokenSlot::A => {
+            "UPDATE etl.logins l SET ip_token_a = x.ip, device_token_a = x.dev, token_version_a = $1
+             FROM UNNEST($2::text[], $3::varchar[], $4::varchar[]) AS x(id, ip, dev)
+             WHERE l.message_id = x.id"
+        }
+        TokenSlot::B => {
+            "UPDATE etl.logins l SET ip_token_b = x.ip, device_token_b = x.dev, token_version_b = $1
+             FROM UNNEST($2::text[], $3::varchar[], $4::varchar[]) AS x(id, ip, dev)
+             WHERE l.message_id = x.id"
+        }
+    };
+    let result = sqlx::query(sql)
+        .bind(version)
+        .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2.as_deref()).collect::<Vec<_>>())
+        .execute(&pool)
+        .await
+        .map_err(during("writing new tokens"))?;
     Ok(result.rows_affected())
 }
 
-/// Drops staged tokens of another version (a pending key that was replaced).
-pub async fn discard_stale_staged(pool: &PgPool, version: i32) -> Result<u64, StoreError> {
-    let result = sqlx::query("DELETE FROM etl.token_next WHERE token_version <> $1")
-        .bind(version)
+/// Rows loaded before piivault (no token version, no vault row) keep their masked values in
+/// `slot` too: they cannot be re-tokenized, and analysts must not lose them at the switch.
+pub async fn copy_unversioned(pool: &PgPool, slot: TokenSlot) -> Result<u64, StoreError> {
+    let sql = match slot {
+        TokenSlot::A => {
+            "UPDATE etl.logins SET ip_token_a = ip_token_b, device_token_a = device_token_b
+             WHERE token_version_b IS NULL AND token_version_a IS NULL
+               AND (ip_token_a IS DISTINCT FROM ip_token_b OR device_token_a IS DISTINCT FROM device_token_b)"
+        }
+        TokenSlot::B => {
+            "UPDATE etl.logins SET ip_token_b = ip_token_a, device_token_b = device_token_a
+             WHERE token_version_a IS NULL AND token_version_b IS NULL
+               AND (ip_token_b IS DISTINCT FROM ip_token_a OR device_token_b IS DISTINCT FROM device_token_a)"
+        }
+    };
+    let result = sqlx::query(sql)
         .execute(pool)
         .await
-        .map_err(during("clearing stale staged tokens"))?;
+        .map_err(during("copying tokens of rows loaded before piivault"))?;
     Ok(result.rows_affected())
 }
 
-/// Blocks writers of the analysts' table until the transaction ends (they wait, not fail).
-pub async fn lock_user_logins(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("SELECT vault.lock_for_key_job('user_logins')")
-        .execute(&mut **tx)
+/// Clears, in the next page of rows after `after` (by message id), the tokens of a superseded
+/// version left in `slot`; returns the page's last message id (`None`: no rows left).
+pub async fn clear_page(
+    pool: &PgPool,
+    slot: TokenSlot,
+    version: i32,
+    after: &str,
+    limit: i64,
+) -> Result<Option<String>, StoreError> {
+    // The page is a plain range of the message-id index; only its rows of that version change.
+    let sql = match slot {
+        TokenSlot::A => {
+            "WITH page AS (SELECT message_id FROM etl.logins WHERE message_id > $2
+                           ORDER BY message_id LIMIT $3),
+                  cleared AS (UPDATE etl.logins l SET ip_token_a = NULL, device_token_a = NULL, token_version_a = NULL
+                              FROM page WHERE l.message_id = page.message_id AND l.token_version_a = $1)
+             SELECT max(message_id) FROM page"
+        }
+        TokenSlot::B => {
+            "WITH page AS (SELECT message_id FROM etl.logins WHERE message_id > $2
+                           ORDER BY message_id LIMIT $3),
+                  cleared AS (UPDATE etl.logins l SET ip_token_b = NULL, device_token_b = NULL, token_version_b = NULL
+                              FROM page WHERE l.message_id = page.message_id AND l.token_version_b = $1)
+             SELECT max(message_id) FROM page"
+        }
+    };
+    sqlx::query_scalar(sql)
+        .bind(version)
+        .bind(after)
+        .bind(limit)
+        .fetch_one(pool)
         .await
-        .map_err(during("locking user_logins for the token swap"))?;
-    Ok(())
-}
-
-/// Swaps every staged token into `user_logins` and empties the staging table.
-pub async fn apply_staged(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
-    let result = sqlx::query(
-        "UPDATE user_logins u SET masked_ip = n.masked_ip, masked_device_id = n.masked_device_id,
-             token_version = n.token_version
-         FROM etl.token_next n WHERE n.message_id = u.message_id",
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(during("swapping in the new tokens"))?;
-    sqlx::query("DELETE FROM etl.token_next")
-        .execute(&mut **tx)
-        .await
-        .map_err(during("clearing the staged tokens"))?;
-    Ok(result.rows_affected())
+        .map_err(during("clearing superseded tokens"))
 }
 
 /// The next page of vault rows with their analysts' tokens.
@@ -301,6 +325,17 @@ pub async fn vault_with_tokens(
         .map_err(during("reading vault rows to verify"))
 }
 
+/// Blocks writers of the analysts' rows until the transaction ends, and waits for those in
+/// flight (for `keys rotate --purpose token`: after it commits, every batch that commits carries
+/// the pending key's tokens too; writers re-check the key states, then reload).
+pub async fn lock_user_logins(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    sqlx::query("SELECT vault.lock_for_key_job('user_logins')")
+        .execute(&mut **tx)
+        .await
+        .map_err(during("locking user_logins for a token rotation"))?;
+    Ok(())
+}
+
 /// Blocks writers of sealed values until the transaction ends, and waits for those in flight
 /// (for `keys rotate --purpose seal`: after it commits, no batch can commit under the old key).
 pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
@@ -311,30 +346,22 @@ pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Blocks every writer of protected rows until the transaction ends (for `keys retire`).
-pub async fn lock_protected_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("SELECT vault.lock_for_key_job('protected')")
-        .execute(&mut **tx)
-        .await
-        .map_err(during("locking the protected tables"))?;
-    Ok(())
-}
-
-/// Rows still protected by one key version.
-pub async fn rows_using(tx: &mut Tx<'_>, purpose: &str, version: i32) -> Result<i64, StoreError> {
+/// Rows still protected by one key version: sealed under it, or carrying its tokens in either
+/// slot. A scan, not an index lookup, and no lock: once a version is neither active nor pending
+/// no writer or job gives it to a row again, so a count of 0 stays 0.
+pub async fn rows_using(pool: &PgPool, purpose: Purpose, version: i32) -> Result<i64, StoreError> {
     let sql = match purpose {
-        "seal" => {
+        Purpose::Seal => {
             "SELECT (SELECT count(*) FROM vault.login_pii WHERE key_version = $1)
                   + (SELECT count(*) FROM etl.quarantine WHERE key_version = $1)"
         }
-        _ => {
-            "SELECT (SELECT count(*) FROM user_logins WHERE token_version = $1)
-                  + (SELECT count(*) FROM etl.token_next WHERE token_version = $1)"
+        Purpose::Token => {
+            "SELECT count(*) FROM etl.logins WHERE token_version_a = $1 OR token_version_b = $1"
         }
     };
     sqlx::query_scalar(sql)
         .bind(version)
-        .fetch_one(&mut **tx)
+        .fetch_one(pool)
         .await
         .map_err(during("counting rows that use a key"))
 }
@@ -381,22 +408,5 @@ pub async fn commit_resealed_quarantine(
         .map_err(during("starting a transaction"))?;
     let n = reseal_quarantine(&mut tx, &rows).await?;
     commit_if_active(tx, version).await?;
-    Ok(n)
-}
-
-/// [`stage_tokens`] in its own committed transaction.
-pub async fn commit_staged(
-    pool: PgPool,
-    version: i32,
-    rows: Vec<(String, Option<String>, Option<String>)>,
-) -> Result<u64, StoreError> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(during("starting a transaction"))?;
-    let n = stage_tokens(&mut tx, version, &rows).await?;
-    tx.commit()
-        .await
-        .map_err(during("committing staged tokens"))?;
     Ok(n)
 }

@@ -26,7 +26,7 @@ async fn each_role_has_exactly_its_privileges_and_the_real_commands_run_under_th
         "vault.data_keys",
         "vault.reveal_audit",
         "etl.quarantine",
-        "etl.token_next",
+        "etl.logins",
     ] {
         assert_eq!(
             attempt(&analyst_url, &format!("SELECT * FROM {table}")).await,

@@ -343,7 +343,7 @@ async fn output_errors_and_persistent_conflicts_have_their_own_codes() {
     sqlx::raw_sql(
         "CREATE FUNCTION pv_test_deadlock() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'test deadlock' USING ERRCODE = 'deadlock_detected'; END $$;
-         CREATE TRIGGER pv_test_deadlock BEFORE INSERT ON user_logins
+         CREATE TRIGGER pv_test_deadlock BEFORE INSERT ON etl.logins
            FOR EACH STATEMENT EXECUTE FUNCTION pv_test_deadlock();",
     )
     .execute(&s.db.pool)

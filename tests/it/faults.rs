@@ -63,8 +63,8 @@ async fn a_slow_batch_keeps_its_messages_invisible_until_committed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
     let s = Setup::new().await;
-    // A deployment whose locale column is narrower than piivault validates for.
-    sqlx::query("ALTER TABLE user_logins ALTER COLUMN locale TYPE varchar(2)")
+    // A deployment with a rule on locale stricter than piivault validates for.
+    sqlx::query("ALTER TABLE etl.logins ADD CONSTRAINT pv_test_short_locale CHECK (char_length(locale) <= 2)")
         .execute(&s.db.pool)
         .await
         .unwrap();
@@ -96,20 +96,20 @@ async fn a_poison_row_is_quarantined_alone_and_replays_once_the_rule_changes() {
     assert_eq!(entries.len(), 1);
     assert_eq!(
         entries[0]["reason"],
-        "the database refused the row (SQLSTATE 22001: a value is too long for its column)"
+        "the database refused the row (SQLSTATE 23514: a check constraint failed)"
     );
     assert!(
         !list.stdout.contains("poison") && !list.stdout.contains("FRA"),
         "no body in the list"
     );
 
-    // Still refused: kept. After the column is widened: loaded, exactly once.
+    // Still refused: kept. After the rule is dropped: loaded, exactly once.
     let kept = s.etl.run(&["quarantine", "replay", "--all"]).await.json();
     assert_eq!(
         (kept["loaded"].as_u64(), kept["kept"].as_u64()),
         (Some(0), Some(1))
     );
-    sqlx::query("ALTER TABLE user_logins ALTER COLUMN locale TYPE varchar(32)")
+    sqlx::query("ALTER TABLE etl.logins DROP CONSTRAINT pv_test_short_locale")
         .execute(&s.db.pool)
         .await
         .unwrap();

@@ -101,7 +101,7 @@ async fn a_write_stage_that_dies_for_good_ends_the_run(drain: bool) {
         .await;
     assert!(started_loading >= 100, "the run loads before the failure");
     // For good: the writers' role loses INSERT on the analysts' table mid-run.
-    sqlx::query("REVOKE INSERT ON user_logins FROM piivault_etl")
+    sqlx::query("REVOKE INSERT ON etl.logins FROM piivault_etl")
         .execute(&s.db.pool)
         .await
         .unwrap();
@@ -136,7 +136,7 @@ async fn a_write_stage_that_dies_for_good_ends_the_run(drain: bool) {
         left >= MESSAGES as i64 - committed,
         "{left} left on the queue, {committed} committed of {MESSAGES}"
     );
-    sqlx::query("GRANT INSERT ON user_logins TO piivault_etl")
+    sqlx::query("GRANT INSERT ON etl.logins TO piivault_etl")
         .execute(&s.db.pool)
         .await
         .unwrap();
@@ -212,7 +212,7 @@ async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_th
     let file = dir.path().join("backfill.jsonl");
     std::fs::write(&file, bodies(20_000).join("\n")).unwrap();
     let file = file.to_str().unwrap();
-    sqlx::query("REVOKE INSERT ON user_logins FROM piivault_etl")
+    sqlx::query("REVOKE INSERT ON etl.logins FROM piivault_etl")
         .execute(&s.db.pool)
         .await
         .unwrap();
@@ -221,7 +221,7 @@ async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_th
     let (code, stderr, _) = exits_within(child, Duration::from_secs(30)).await;
     assert_eq!(code, 77, "{stderr}");
     assert_eq!(loaded(&s).await, 0);
-    sqlx::query("GRANT INSERT ON user_logins TO piivault_etl")
+    sqlx::query("GRANT INSERT ON etl.logins TO piivault_etl")
         .execute(&s.db.pool)
         .await
         .unwrap();

@@ -27,4 +27,5 @@ mod reveal;
 mod rotation;
 mod shutdown;
 mod status_page;
+mod token_slots;
 mod vault_rules;

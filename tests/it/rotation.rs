@@ -152,7 +152,8 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
         pending.stderr
     );
 
-    // New rows: sealed with v2 at once, tokens still v1 (so they join the old groups).
+    // New rows: sealed with v2 at once, tokens still v1 for analysts (so they join the old
+    // groups), and v2 tokens already in the pending key's slot.
     step(
         &debug,
         &["run", "--input", &write(dir.path(), "later.jsonl", &LATER)],
@@ -168,6 +169,11 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
         s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 1")
             .await,
         104
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM etl.logins WHERE token_version_b = 2")
+            .await,
+        2
     );
     let mut later_groups = BTreeSet::new();
     later_groups.insert((
@@ -223,7 +229,8 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
     .await;
     assert_eq!(
         (rt["retokenized"].as_u64(), rt["token_version"].as_i64()),
-        (Some(104), Some(2))
+        (Some(102), Some(2)),
+        "the two rows loaded while v2 was pending needed no filling"
     );
     assert_eq!(
         s.db.count(
@@ -232,7 +239,14 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
         .await,
         104
     );
-    assert_eq!(s.db.count("SELECT count(*) FROM etl.token_next").await, 0);
+    // Side by side: the old version waits, hidden from analysts, in its slot until retired.
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM etl.logins WHERE token_version_a = 1 AND token_version_b = 2"
+        )
+        .await,
+        104
+    );
     let tokens_after: Vec<String> =
         sqlx::query_scalar("SELECT masked_ip FROM user_logins WHERE user_id = 'd1'")
             .fetch_all(&s.db.pool)
@@ -278,6 +292,12 @@ async fn full_cycle(s: &Setup, etl: &Etl) {
         true
     );
     assert_eq!(s.db.count("SELECT count(*) FROM vault.data_keys WHERE state = 'retired' AND wrapped IS NULL AND version = 1").await, 2);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM etl.logins WHERE ip_token_a IS NOT NULL OR device_token_a IS NOT NULL OR token_version_a IS NOT NULL")
+            .await,
+        0,
+        "retiring the token key cleared its tokens from the hidden slot"
+    );
     step(&debug, &["keys", "verify"], &mut log).await;
     assert_eq!(
         reveal_all(&debug, &all_users, &mut log).await,
@@ -756,8 +776,11 @@ async fn the_runbook_rotates_and_a_rerun_after_a_failure_finishes_without_rotati
     );
 }
 
+/// Rows carrying the pending key (v2) in its slot (b: the first key took a).
+const FILLED: &str = "SELECT count(*) FROM etl.logins WHERE token_version_b = 2";
+
 #[tokio::test(flavor = "multi_thread")]
-async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes() {
+async fn retokenize_killed_while_filling_leaves_analysts_untouched_and_resumes() {
     let s = Setup::new().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
@@ -789,7 +812,7 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
 
     let mut child = s.etl.spawn(&["keys", "retokenize", "--batch-size", "20"]);
     loop {
-        if s.db.count("SELECT count(*) FROM etl.token_next").await >= 200 {
+        if s.db.count(FILLED).await >= 200 {
             break;
         }
         assert!(
@@ -800,9 +823,9 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
     }
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let staged = s.db.count("SELECT count(*) FROM etl.token_next").await;
+    let filled = s.db.count(FILLED).await;
     let total = s.db.count("SELECT count(*) FROM user_logins").await;
-    assert!(staged < total, "killed while staging: {staged} of {total}");
+    assert!(filled < total, "killed while filling: {filled} of {total}");
     assert_eq!(
         s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 1")
             .await,
@@ -815,11 +838,10 @@ async fn retokenize_killed_while_staging_leaves_analysts_untouched_and_resumes()
     );
 
     let out = s.etl.run(&["keys", "retokenize"]).await.json();
-    assert_eq!(out["retokenized"].as_i64(), Some(total));
     assert_eq!(
-        out["staged"].as_i64(),
-        Some(total - staged),
-        "resumed after the staged rows, none twice"
+        out["retokenized"].as_i64(),
+        Some(total - filled),
+        "resumed: only the rows not filled yet, none twice"
     );
     assert_eq!(
         s.db.count("SELECT count(*) FROM user_logins WHERE token_version = 2")

@@ -1031,7 +1031,8 @@ pub const DENIED: &str = "42501";
 /// The SQLSTATE of a statement run as `url` (a login, as with psql), or "ok".
 pub async fn attempt(url: &str, sql: &str) -> String {
     let pool = PgPool::connect(url).await.unwrap();
-    let result = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+    // Simple protocol, like `psql -c`: several statements run in one implicit transaction.
+    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
         .execute(&pool)
         .await;
     pool.close().await;

@@ -43,6 +43,7 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     for sql in [
         "DELETE FROM vault.login_pii WHERE user_id = 'g1'",
         "DELETE FROM user_logins WHERE user_id = 'g1'",
+        "DELETE FROM etl.logins WHERE user_id = 'g1'",
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
     }
@@ -229,6 +230,7 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     for sql in [
         "UPDATE vault.login_pii SET user_id = 'decoy'",
         "UPDATE user_logins SET user_id = 'decoy'",
+        "UPDATE etl.logins SET user_id = 'decoy'",
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "{sql}");
     }
@@ -434,6 +436,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
     assert_eq!(
         names,
         [
+            "assign_token_slot",
             "audit_append",
             "audit_key_change",
             "audit_record",
@@ -443,6 +446,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "job_begin",
             "job_end",
             "job_quarantine_rows",
+            "job_token_fill_rows",
             "job_untagged_bodies",
             "job_vault_rows",
             "lock_for_key_job",
@@ -457,7 +461,10 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "reveal_rows",
             "reveal_select",
             "rewrite_data_keys",
-            "shared_tokens"
+            "rows_missing_slot",
+            "shared_tokens",
+            "show_token_slot",
+            "token_key_activated"
         ]
     );
     for (name, owner, _, config) in &functions {
@@ -580,7 +587,7 @@ async fn insert_v1_login(
     use piivault::crypto::Field;
     let (message_id, user_id, ip, device) = row;
     sqlx::query(
-        "INSERT INTO user_logins (message_id, user_id, masked_ip, masked_device_id, token_version)
+        "INSERT INTO etl.logins (message_id, user_id, ip_token_a, device_token_a, token_version_a)
          VALUES ($1, $2, $3, $4, 1)",
     )
     .bind(message_id)

@@ -1,12 +1,14 @@
-//! `etl keys retokenize`: give every analysts' row the pending token version, then switch.
+//! `etl keys retokenize`: fill the pending token key's slot, then switch analysts to it.
 //!
-//! Phase 1 (batched, resumable): each vault row's originals are opened and its new tokens are
-//! staged in `etl.token_next`; analysts still see the active version only. Phase 2
-//! (one transaction): writers of `user_logins` are held back, rows added meanwhile are staged,
-//! every staged token replaces the old one and the pending key becomes active. Duplicate
-//! queries therefore never mix token versions. Without a pending key this is a no-op.
+//! Fill (batched, resumable, safe to kill): each vault row whose analysts' row lacks the pending
+//! version in the pending key's slot is opened, and its new tokens are written there in a short
+//! transaction of its own; writers have filled that slot for new rows since `keys rotate`.
+//! Analysts see the active slot only. Switch (one short transaction): the pending key becomes
+//! active, and a trigger on the key table checks that every row carries it and points the
+//! analysts' view at its slot. No writer waits for either phase. Without a pending key this is
+//! a no-op.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -17,12 +19,18 @@ use crate::crypto::{KeyState, Keyring, Purpose, Sealed, Token, TokenKey};
 use crate::error::Error;
 use crate::key_lifecycle;
 use crate::protect::{SealedLogin, tokens_of};
-use crate::store::rotation::{self, SealedRow};
+use crate::store::keys::TokenSlot;
+use crate::store::rotation::{self, FilledRow, SealedRow};
 use crate::store::{self, StoreError};
 
-type Staged = (String, Option<String>, Option<String>);
+/// Fill passes before giving up: the first fills every row that existed at `keys rotate`; a
+/// second only finds rows a process without the fence wrote (none, unless keys were edited by
+/// hand).
+const PASSES: usize = 3;
+/// Attempts at the switch: each waits at most 2 s for analysts' queries on the view.
+const SWITCH_ATTEMPTS: u32 = 5;
 
-/// Stages, then swaps, in batches of `batch` rows.
+/// Fills, then switches, in batches of `batch` rows.
 pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     let started = Instant::now();
     let pool = ctx.pool(3).await?;
@@ -33,7 +41,7 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         return print_line(&json!({"retokenized": 0, "token_version": null}).to_string());
     };
     let version = pending.version().0 as i32;
-    rotation::discard_stale_staged(&pool, version).await?;
+    let slot = store::keys::active_token_slot(&pool).await?.other();
     let job = begin_job(
         &pool,
         "retokenize",
@@ -41,76 +49,118 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
         "etl keys retokenize",
     )
     .await?;
-    let mut progress = Progress::new("retokenize", rotation::count_unstaged(&pool).await? as u64);
+    let copied = rotation::copy_unversioned(&pool, slot).await?;
+    let mut missing = rotation::count_missing(&pool, slot, version).await?;
+    let mut progress = Progress::new("retokenize", missing as u64);
+    let mut filled = 0u64;
+    for _ in 0..PASSES {
+        if missing == 0 {
+            break;
+        }
+        filled += fill(&pool, &keys, pending, job, slot, batch, &mut progress).await?;
+        missing = rotation::count_missing(&pool, slot, version).await?;
+    }
+    progress.finish();
+    let fill_seconds = started.elapsed().as_secs_f64();
+    if missing > 0 {
+        return Err(Error::Refused(format!(
+            "{missing} row(s) still lack token key v{version} after {PASSES} passes; \
+             a writer may be running without the key fence. Run `etl keys retokenize` again."
+        )));
+    }
+    switch(&pool, pending).await?;
+    tracing::info!(
+        filled,
+        version,
+        "token key active; analysts now see its tokens; the old version can be retired"
+    );
+    let round = |s: f64| (s * 100.0).round() / 100.0;
+    let seconds = started.elapsed().as_secs_f64();
+    print_line(
+        &json!({"retokenized": filled, "copied": copied, "token_version": version,
+                "seconds": round(seconds), "fill_seconds": round(fill_seconds),
+                "switch_seconds": round(seconds - fill_seconds)})
+        .to_string(),
+    )
+}
+
+/// One pass over the vault in message-id order, one write in flight; returns rows filled.
+async fn fill(
+    pool: &sqlx::PgPool,
+    keys: &Keyring,
+    pending: &TokenKey,
+    job: store::jobs::JobId,
+    slot: TokenSlot,
+    batch: i64,
+    progress: &mut Progress,
+) -> Result<u64, Error> {
+    let version = pending.version().0 as i32;
     let mut failed = 0u64;
     let mut writes = WriteBehind::default();
-    // Staging runs in message_id order, one write in flight: the staged ids form a prefix, so a
-    // re-run resumes after the last one. Rows a writer adds behind that point meanwhile are
-    // caught by the swap's final pass.
-    let mut after = rotation::last_staged(&pool).await?.unwrap_or_default();
+    let mut after = String::new();
     loop {
-        let rows = rotation::vault_page(&pool, job, &after, batch).await?;
+        let rows = rotation::unfilled_page(pool, job, version, &after, batch).await?;
         let Some(last) = rows.last() else { break };
         after = last.message_id.clone();
-        let staged = stage(&keys, pending, &rows, &mut failed);
+        let tokens = tokens(keys, pending, &rows, &mut failed);
         writes
-            .submit(rotation::commit_staged(pool.clone(), version, staged))
+            .submit(rotation::commit_filled(pool.clone(), slot, version, tokens))
             .await?;
         progress.add(rows.len() as u64);
     }
-    let mut staged_rows = writes.finish().await?;
-    progress.finish();
-    let staged_seconds = started.elapsed().as_secs_f64();
+    let filled = writes.finish().await?;
     if failed > 0 {
         return Err(Error::Verify {
             failed,
             mismatched: 0,
         });
     }
+    Ok(filled)
+}
 
+/// Makes the pending key active. The key-table trigger refuses unless every row carries it, and
+/// replaces the view; an analysts' query holding the view makes that wait 2 s at most, then the
+/// attempt is rolled back and retried.
+async fn switch(pool: &sqlx::PgPool, pending: &TokenKey) -> Result<(), Error> {
+    let mut attempt = 1;
+    loop {
+        match try_switch(pool, pending).await {
+            Err(Error::Store(StoreError::Conflict { detail, .. })) if attempt < SWITCH_ATTEMPTS => {
+                tracing::warn!(attempt, %detail, "the switch waited too long for the view; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_switch(pool: &sqlx::PgPool, pending: &TokenKey) -> Result<(), Error> {
     let mut tx = pool
         .begin()
         .await
         .map_err(StoreError::during("starting a transaction"))?;
-    rotation::lock_user_logins(&mut tx).await?;
     store::keys::lock(&mut tx).await?;
-    let stragglers = rotation::unstaged(&mut *tx, job, "", i64::MAX).await?;
-    let staged = stage(&keys, pending, &stragglers, &mut failed);
-    if failed > 0 {
-        return Err(Error::Verify {
-            failed,
-            mismatched: 0,
-        });
-    }
-    staged_rows += rotation::stage_tokens(&mut tx, version, &staged).await?;
     // States as committed now (under the key-table lock), not as loaded at the start.
     let rows = store::keys::list_in(&mut tx).await?;
     let swap = key_lifecycle::plan_token_swap(&store::keys::statuses(&rows), pending.version())?;
-    let swapped = rotation::apply_staged(&mut tx).await?;
     for active in swap.demote {
         store::keys::set_state(&mut tx, Purpose::Token, active, KeyState::Previous).await?;
     }
     store::keys::set_state(&mut tx, Purpose::Token, swap.activate, KeyState::Active).await?;
     tx.commit()
         .await
-        .map_err(StoreError::during("committing the token swap"))?;
-    tracing::info!(
-        swapped,
-        version,
-        "token key active; old version can be retired"
-    );
-    let round = |s: f64| (s * 100.0).round() / 100.0;
-    let seconds = started.elapsed().as_secs_f64();
-    // swap_seconds is how long writers of user_logins were held back.
-    print_line(
-        &json!({"retokenized": swapped, "staged": staged_rows, "token_version": version, "seconds": round(seconds),
-                "stage_seconds": round(staged_seconds), "swap_seconds": round(seconds - staged_seconds)})
-        .to_string(),
-    )
+        .map_err(StoreError::during("committing the token switch"))?;
+    Ok(())
 }
 
-fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64) -> Vec<Staged> {
-    let mut staged = Vec::with_capacity(rows.len());
+fn tokens(
+    keys: &Keyring,
+    token: &TokenKey,
+    rows: &[SealedRow],
+    failed: &mut u64,
+) -> Vec<FilledRow> {
+    let mut filled = Vec::with_capacity(rows.len());
     for row in rows {
         let sealed = |v: &Option<Vec<u8>>| v.clone().map(Sealed::from_bytes);
         let (ip, device) = (sealed(&row.ip_sealed), sealed(&row.device_id_sealed));
@@ -121,7 +171,7 @@ fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64)
             device_id: device.as_ref(),
         };
         match tokens_of(keys, token, login) {
-            Ok((ip, device)) => staged.push((
+            Ok((ip, device)) => filled.push((
                 row.message_id.clone(),
                 ip.map(Token::into_string),
                 device.map(Token::into_string),
@@ -132,5 +182,5 @@ fn stage(keys: &Keyring, token: &TokenKey, rows: &[SealedRow], failed: &mut u64)
             }
         }
     }
-    staged
+    filled
 }

@@ -1,8 +1,9 @@
 //! `etl keys rotate --purpose seal|token`: add version N+1 of a data key.
 //!
 //! Seal: the new version is active at once (writers reload their keyring at their next batch);
-//! `keys reencrypt` moves old values. Token: the new version is *pending* — analysts keep one
-//! consistent token version until `keys retokenize` has staged every row and swaps them at once.
+//! `keys reencrypt` moves old values. Token: the new version is *pending* — writers fill its
+//! token slot for new rows, `keys retokenize` for older ones, and analysts keep seeing the
+//! active version until the switch.
 
 use serde_json::json;
 
@@ -42,6 +43,10 @@ pub async fn run(ctx: &Context, purpose: Purpose) -> Result<(), Error> {
         // afterwards no batch can commit under the old key (writers re-check, then reload).
         store::rotation::lock_sealed_rows(&mut tx).await?;
         store::keys::set_state(&mut tx, purpose, plan.current, KeyState::Previous).await?;
+    } else {
+        // The same fence for the pending key: every batch that commits after this one carries
+        // its tokens too, so retokenize only ever has to fill rows that exist now.
+        store::rotation::lock_user_logins(&mut tx).await?;
     }
     store::keys::insert(
         &mut tx, purpose, plan.next, plan.state, &kek_uri, deployment, &wrapped,

@@ -1,0 +1,221 @@
+//! Side-by-side token versions (issue 19): writers fill the pending key's slot, retokenize fills
+//! older rows, and the switch is the database's to allow. Analysts see one version at a time,
+//! and nobody with `psql` can show them another.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::support::{DENIED, Setup, StderrLog, attempt};
+
+const FIRST: &str = "{\"user_id\":\"s1\",\"ip\":\"10.1.0.1\",\"device_id\":\"dev-s\"}\n\
+                     {\"user_id\":\"s2\",\"ip\":\"10.1.0.2\",\"device_id\":\"dev-s\"}\n";
+const SECOND: &str = "{\"user_id\":\"s3\",\"ip\":\"10.1.0.3\",\"device_id\":\"dev-s\"}\n\
+                      {\"user_id\":\"s4\",\"ip\":\"10.1.0.1\",\"device_id\":\"dev-t\"}\n";
+
+/// The analysts' view: (user, masked device, token version) in user order.
+async fn analysts_rows(s: &Setup) -> Vec<(String, Option<String>, Option<i32>)> {
+    sqlx::query_as(
+        "SELECT user_id::text, masked_device_id::text, token_version FROM user_logins ORDER BY user_id",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap()
+}
+
+/// Token versions the analysts' view shows.
+async fn versions_shown(s: &Setup) -> Vec<Option<i32>> {
+    sqlx::query_scalar("SELECT DISTINCT token_version FROM user_logins ORDER BY 1")
+        .fetch_all(&s.db.pool)
+        .await
+        .unwrap()
+}
+
+const PROMOTE_BY_HAND: &str =
+    "UPDATE vault.data_keys SET state = 'previous' WHERE purpose = 'token' AND version = 1;
+     UPDATE vault.data_keys SET state = 'active' WHERE purpose = 'token' AND version = 2;";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_complete_slot_is_ever_shown_to_analysts() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    let (_admin, admin_url) = s.login("piivault_admin").await;
+    let (_analyst, analyst_url) = s.login("piivault_analyst").await;
+    let (_etl, etl_url) = s.login("piivault_etl").await;
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    // Loaded while v2 is pending: the writer fills both slots.
+    s.load_lines(SECOND).await;
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM etl.logins WHERE token_version_a = 1 AND token_version_b = 2"
+        )
+        .await,
+        2,
+        "rows written while v2 is pending carry both versions"
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM etl.logins WHERE token_version_b IS NULL")
+            .await,
+        2,
+        "older rows wait for retokenize"
+    );
+
+    // The admin, with psql, cannot show analysts the half-filled slot.
+    assert_eq!(
+        attempt(&admin_url, PROMOTE_BY_HAND).await,
+        "55000",
+        "activating v2 by hand while 2 rows lack it"
+    );
+    for sql in [
+        "SELECT vault.show_token_slot('b')",
+        "CREATE OR REPLACE VIEW public.user_logins AS
+         SELECT l.user_id, l.device_type, l.ip_token_b AS masked_ip, l.device_token_b AS masked_device_id,
+                l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
+                l.token_version_b AS token_version, l.received_at
+         FROM etl.logins l",
+        "ALTER TABLE etl.logins RENAME COLUMN ip_token_b TO x",
+        "SELECT * FROM vault.job_token_fill_rows(1, 2, '', 10)",
+    ] {
+        assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
+    }
+    // Neither analysts nor writers read the slots (the pending one is a second version).
+    for (who, url) in [("analyst", &analyst_url), ("etl", &etl_url)] {
+        for sql in [
+            "SELECT ip_token_b FROM etl.logins",
+            "SELECT device_token_a FROM etl.logins",
+            "SELECT vault.rows_missing_slot('b', 2)",
+        ] {
+            assert_eq!(attempt(url, sql).await, DENIED, "{who}: {sql}");
+        }
+    }
+    assert_eq!(
+        versions_shown(&s).await,
+        [Some(1)],
+        "analysts still see v1 only"
+    );
+
+    let out = s.etl.run(&["keys", "retokenize"]).await.json();
+    assert_eq!(
+        out["retokenized"].as_i64(),
+        Some(2),
+        "only the rows from before the rotation needed filling"
+    );
+    assert_eq!(versions_shown(&s).await, [Some(2)]);
+    let rows = analysts_rows(&s).await;
+    assert_eq!(rows.len(), 4);
+    let device = |user: &str| rows.iter().find(|r| r.0 == user).unwrap().1.clone();
+    assert_eq!(
+        device("s1"),
+        device("s3"),
+        "one device, one token, across the switch"
+    );
+    assert!(device("s1").unwrap().starts_with("v2:"));
+    // The writer's v2 tokens are exactly what the key job computes from the originals.
+    s.etl.run(&["keys", "verify"]).await.json();
+
+    // Back to v1 by hand: refused once a row written under v2 alone lacks it.
+    s.load_lines("{\"user_id\":\"s5\",\"device_id\":\"dev-s\"}\n")
+        .await;
+    let back = "UPDATE vault.data_keys SET state = 'previous' WHERE purpose = 'token' AND version = 2;
+                UPDATE vault.data_keys SET state = 'active' WHERE purpose = 'token' AND version = 1;";
+    assert_eq!(attempt(&admin_url, back).await, "55000");
+    assert_eq!(versions_shown(&s).await, [Some(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_from_before_piivault_keep_their_masked_values_across_a_switch() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    sqlx::query(
+        "INSERT INTO etl.logins (user_id, ip_token_a, device_token_a) VALUES ('legacy', 'old-ip-mask', 'old-dev-mask')",
+    )
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    let out = s.etl.run(&["keys", "retokenize"]).await.json();
+    assert_eq!(
+        (out["retokenized"].as_i64(), out["copied"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let legacy: (Option<String>, Option<String>, Option<i32>) = sqlx::query_as(
+        "SELECT masked_ip::text, masked_device_id::text, token_version FROM user_logins WHERE user_id = 'legacy'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        legacy,
+        (
+            Some("old-ip-mask".into()),
+            Some("old-dev-mask".into()),
+            None
+        )
+    );
+    // Retiring v1 clears only v1's tokens: the copied legacy values have no version.
+    s.etl
+        .run(&["keys", "retire", "--purpose", "token", "--version", "1"])
+        .await
+        .json();
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM etl.logins WHERE token_version_a IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM user_logins WHERE masked_ip = 'old-ip-mask'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_analysts_long_query_delays_the_switch_never_the_writers() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    // An analyst's transaction that has read the view holds it until it ends.
+    let (_analyst, analyst_url) = s.login("piivault_analyst").await;
+    let analyst = PgPool::connect(&analyst_url).await.unwrap();
+    let mut holding = analyst.begin().await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM user_logins")
+        .fetch_one(&mut *holding)
+        .await
+        .unwrap();
+    assert_eq!(seen, 2);
+
+    let mut job = s.etl.spawn(&["keys", "retokenize"]);
+    let log = StderrLog::take(&mut job);
+    assert!(
+        log.wait_for("retrying", Duration::from_secs(20)).await,
+        "the switch should wait for the analyst and retry: {}",
+        log.text()
+    );
+    // Meanwhile a writer loads, and commits, without waiting for anything.
+    let summary = s.load_lines(SECOND).await;
+    assert_eq!(summary["loaded"], 2);
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM etl.logins WHERE token_version_b = 2")
+            .await,
+        4,
+        "the new rows carry the pending version too"
+    );
+    holding.commit().await.unwrap();
+    analyst.close().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), job.wait())
+        .await
+        .expect("retokenize finished once the analyst was done")
+        .unwrap();
+    assert!(status.success(), "{}", log.text());
+    assert_eq!(versions_shown(&s).await, [Some(2)]);
+    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 4);
+}
