@@ -38,13 +38,14 @@ CREATE INDEX logins_device_token_b_idx ON etl.logins (device_token_b) WHERE devi
 -- ---------------------------------------------------------------------------------------------
 -- Which slot a token key writes. The active and the pending key never share one.
 ALTER TABLE vault.data_keys ADD COLUMN slot text;
+-- The active key's tokens are in the old columns (a); a pending key's staged ones move to b.
+UPDATE vault.data_keys SET slot = 'a' WHERE purpose = 'token' AND state = 'active';
+UPDATE vault.data_keys SET slot = 'b' WHERE purpose = 'token' AND state = 'pending';
 ALTER TABLE vault.data_keys
     ADD CONSTRAINT data_keys_slot_name CHECK (slot IN ('a', 'b')),
     ADD CONSTRAINT data_keys_token_slot CHECK (purpose <> 'token' OR state NOT IN ('active', 'pending') OR slot IS NOT NULL);
 CREATE UNIQUE INDEX data_keys_one_key_per_slot ON vault.data_keys (slot)
     WHERE purpose = 'token' AND state IN ('active', 'pending');
-UPDATE vault.data_keys SET slot = 'a' WHERE purpose = 'token' AND state = 'active';
-UPDATE vault.data_keys SET slot = 'b' WHERE purpose = 'token' AND state = 'pending';
 
 -- A new token key takes the slot the active key does not use (the first one takes a).
 CREATE FUNCTION vault.assign_token_slot() RETURNS trigger
