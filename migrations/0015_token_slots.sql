@@ -3,9 +3,10 @@
 -- Now the rows live in etl.logins with two token slots, a and b. The active token key writes
 -- its slot; while a rotation is pending, writers also fill the pending key's slot, and
 -- retokenize fills it for older rows in small committed batches. Analysts read
--- public.user_logins, a view that shows one slot under the old column names; making the
--- pending key active switches the view (a catalog update) in the same transaction, after the
--- database itself has checked that every row carries the new version. Writers never wait for it.
+-- public.user_logins, a view that shows one slot under the old column names, the one named in
+-- the one-row vault.token_view; making the pending key active updates that row in the same
+-- transaction, after the database itself has checked that every row carries the new version.
+-- Neither writers nor analysts' queries hold it up, and it holds none of them up.
 --
 -- Also here (issue 19, item 4): the single-value indexes that only served the rotation jobs
 -- (user_logins.token_version, login_pii.key_version, quarantine.key_version) go, and the token
@@ -47,35 +48,51 @@ ALTER TABLE vault.data_keys
 CREATE UNIQUE INDEX data_keys_one_key_per_slot ON vault.data_keys (slot)
     WHERE purpose = 'token' AND state IN ('active', 'pending');
 
--- A new token key takes the slot the active key does not use (the first one takes a).
-CREATE FUNCTION vault.assign_token_slot() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
+-- The slot analysts see: one row, written only by vault.show_token_slot() (through the key
+-- table's triggers below).
+CREATE TABLE vault.token_view(
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    slot text NOT NULL CHECK (slot IN ('a', 'b'))
+);
+INSERT INTO vault.token_view (slot) VALUES ('a');
+REVOKE ALL ON vault.token_view FROM PUBLIC;
+
+-- A key's purpose, version and slot never change: a key is a new row, and its tokens are where
+-- its slot says.
+CREATE FUNCTION vault.refuse_key_identity_change() RETURNS trigger
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.purpose = 'token' AND NEW.state IN ('active', 'pending') AND NEW.slot IS NULL THEN
-        NEW.slot := CASE (SELECT k.slot FROM vault.data_keys k
-                          WHERE k.purpose = 'token' AND k.state = 'active')
-                    WHEN 'a' THEN 'b' ELSE 'a' END;
+    IF NEW.purpose IS DISTINCT FROM OLD.purpose OR NEW.version IS DISTINCT FROM OLD.version
+       OR NEW.slot IS DISTINCT FROM OLD.slot THEN
+        RAISE EXCEPTION 'a data key''s purpose, version and slot never change; add a key with etl keys rotate'
+            USING ERRCODE = '55000';
     END IF;
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER data_keys_token_slot BEFORE INSERT ON vault.data_keys
-    FOR EACH ROW EXECUTE FUNCTION vault.assign_token_slot();
-
+CREATE TRIGGER data_keys_identity BEFORE UPDATE ON vault.data_keys
+    FOR EACH ROW EXECUTE FUNCTION vault.refuse_key_identity_change();
 -- Tokens retokenize had staged before this migration move into slot b.
 UPDATE etl.logins l
 SET ip_token_b = n.masked_ip, device_token_b = n.masked_device_id, token_version_b = n.token_version
 FROM etl.token_next n WHERE n.message_id = l.message_id;
 
 -- ---------------------------------------------------------------------------------------------
--- The analysts' view: slot a to begin with (vault.show_token_slot() switches it).
+-- The analysts' view: the slot vault.token_view names. Each branch's condition is a one-time
+-- filter (an InitPlan evaluated once per query, under the query's snapshot), so exactly one
+-- branch runs, and conditions on masked_* reach that slot's indexes.
 CREATE VIEW public.user_logins AS
 SELECT l.user_id, l.device_type, l.ip_token_a AS masked_ip, l.device_token_a AS masked_device_id,
        l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
        l.token_version_a AS token_version, l.received_at
-FROM etl.logins l;
+FROM etl.logins l WHERE (SELECT v.slot FROM vault.token_view v) = 'a'
+UNION ALL
+SELECT l.user_id, l.device_type, l.ip_token_b, l.device_token_b,
+       l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
+       l.token_version_b, l.received_at
+FROM etl.logins l WHERE (SELECT v.slot FROM vault.token_view v) = 'b';
 COMMENT ON VIEW public.user_logins IS 'one login per row; masked_* are tokens of the active token key (never two versions at once)';
 COMMENT ON COLUMN public.user_logins.masked_ip IS 'v<ver>:base64url(HMAC-SHA256) of the canonical IP; equal IPs, equal tokens';
 COMMENT ON COLUMN public.user_logins.masked_device_id IS 'v<ver>:base64url(HMAC-SHA256) of the trimmed NFC device id';
@@ -83,37 +100,23 @@ COMMENT ON COLUMN public.user_logins.app_version IS 'major*1000000 + minor*1000 
 COMMENT ON COLUMN public.user_logins.app_version_text IS 'app_version exactly as sent';
 COMMENT ON COLUMN public.user_logins.create_date IS 'UTC date of the SQS SentTimestamp (load date for --input)';
 
--- Points the view at a slot. Only the trigger below calls it: the slot comes from the key row,
--- and the view's text is fixed here, never built from input.
+-- Points the view at a slot: one row, so the switch takes constant time and no lock any reader
+-- or writer holds. Only the key table's triggers call it, with the slot of the key row.
 CREATE FUNCTION vault.show_token_slot(p_slot text) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- An analyst's long query holds the view: give up (and let the job retry) rather than queue
--- every new analysts' query behind the switch for long.
-SET lock_timeout = '2s'
 AS $$
 BEGIN
-    IF p_slot = 'a' THEN
-        CREATE OR REPLACE VIEW public.user_logins AS
-        SELECT l.user_id, l.device_type, l.ip_token_a AS masked_ip, l.device_token_a AS masked_device_id,
-               l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
-               l.token_version_a AS token_version, l.received_at
-        FROM etl.logins l;
-    ELSIF p_slot = 'b' THEN
-        CREATE OR REPLACE VIEW public.user_logins AS
-        SELECT l.user_id, l.device_type, l.ip_token_b AS masked_ip, l.device_token_b AS masked_device_id,
-               l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
-               l.token_version_b AS token_version, l.received_at
-        FROM etl.logins l;
-    ELSE
+    IF p_slot IS NULL OR p_slot NOT IN ('a', 'b') THEN
         RAISE EXCEPTION 'show_token_slot: unknown slot %', p_slot USING ERRCODE = '22023';
     END IF;
+    UPDATE vault.token_view SET slot = p_slot;
 END
 $$;
 
 -- Rows of etl.logins that do not carry token key p_version in slot p_slot: a piivault row
--- without that version, or a row loaded before piivault (no version) whose tokens were not
--- copied over from the other slot.
+-- without that version, or a row loaded before piivault (no version in either slot) whose
+-- masked values are in the other slot but not in this one.
 CREATE FUNCTION vault.rows_missing_slot(p_slot text, p_version integer) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -124,15 +127,15 @@ BEGIN
     IF p_slot = 'a' THEN
         SELECT pg_catalog.count(*) INTO missing FROM etl.logins l
         WHERE l.token_version_a IS DISTINCT FROM p_version
-          AND (l.token_version_b IS NOT NULL
-               OR l.ip_token_a IS DISTINCT FROM l.ip_token_b
-               OR l.device_token_a IS DISTINCT FROM l.device_token_b);
+          AND (l.token_version_a IS NOT NULL OR l.token_version_b IS NOT NULL
+               OR (l.ip_token_b IS NOT NULL AND l.ip_token_a IS DISTINCT FROM l.ip_token_b)
+               OR (l.device_token_b IS NOT NULL AND l.device_token_a IS DISTINCT FROM l.device_token_b));
     ELSIF p_slot = 'b' THEN
         SELECT pg_catalog.count(*) INTO missing FROM etl.logins l
         WHERE l.token_version_b IS DISTINCT FROM p_version
-          AND (l.token_version_a IS NOT NULL
-               OR l.ip_token_b IS DISTINCT FROM l.ip_token_a
-               OR l.device_token_b IS DISTINCT FROM l.device_token_a);
+          AND (l.token_version_a IS NOT NULL OR l.token_version_b IS NOT NULL
+               OR (l.ip_token_a IS NOT NULL AND l.ip_token_b IS DISTINCT FROM l.ip_token_a)
+               OR (l.device_token_a IS NOT NULL AND l.device_token_b IS DISTINCT FROM l.device_token_a));
     ELSE
         RAISE EXCEPTION 'rows_missing_slot: unknown slot %', p_slot USING ERRCODE = '22023';
     END IF;
@@ -161,6 +164,37 @@ $$;
 CREATE TRIGGER data_keys_token_activated AFTER UPDATE OF state ON vault.data_keys
     FOR EACH ROW WHEN (NEW.purpose = 'token' AND NEW.state = 'active' AND OLD.state <> 'active')
     EXECUTE FUNCTION vault.token_key_activated();
+
+-- A token key inserted active or pending gets its slot from the database, never from the
+-- caller: an active one the slot analysts see (and only if every row already carries its
+-- version there: `keys init` on an empty table, or vault.rewrite_data_keys() putting the key
+-- back), a pending one the other slot.
+CREATE FUNCTION vault.assign_token_slot() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    shown text;
+    missing bigint;
+BEGIN
+    IF NEW.purpose = 'token' AND NEW.state IN ('active', 'pending') THEN
+        SELECT v.slot INTO shown FROM vault.token_view v;
+        IF NEW.state = 'active' THEN
+            NEW.slot := shown;
+            missing := vault.rows_missing_slot(NEW.slot, NEW.version);
+            IF missing > 0 THEN
+                RAISE EXCEPTION 'token key v% cannot be added active: % row(s) do not carry it', NEW.version, missing
+                    USING ERRCODE = '55000', HINT = 'add it pending with etl keys rotate';
+            END IF;
+        ELSE
+            NEW.slot := CASE shown WHEN 'a' THEN 'b' ELSE 'a' END;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER data_keys_assign_slot BEFORE INSERT ON vault.data_keys
+    FOR EACH ROW EXECUTE FUNCTION vault.assign_token_slot();
 
 -- A page of vault rows whose analysts' row lacks the pending token key in its slot, for
 -- `keys retokenize` (an open job of that login).
@@ -277,9 +311,8 @@ REVOKE ALL ON FUNCTION vault.show_token_slot(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.rows_missing_slot(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.token_key_activated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.job_token_fill_rows(bigint, integer, text, bigint) FROM PUBLIC;
--- The view's owner replaces it: that needs CREATE on public, which piivault_definer keeps.
-GRANT CREATE ON SCHEMA vault, public TO piivault_definer;
-ALTER VIEW public.user_logins OWNER TO piivault_definer;
+REVOKE ALL ON FUNCTION vault.refuse_key_identity_change() FROM PUBLIC;
+GRANT CREATE ON SCHEMA vault TO piivault_definer;
 ALTER FUNCTION vault.assign_token_slot() OWNER TO piivault_definer;
 ALTER FUNCTION vault.show_token_slot(text) OWNER TO piivault_definer;
 ALTER FUNCTION vault.rows_missing_slot(text, integer) OWNER TO piivault_definer;
@@ -287,15 +320,19 @@ ALTER FUNCTION vault.token_key_activated() OWNER TO piivault_definer;
 ALTER FUNCTION vault.job_token_fill_rows(bigint, integer, text, bigint) OWNER TO piivault_definer;
 REVOKE CREATE ON SCHEMA vault FROM piivault_definer;
 
--- The view reads the table as its owner; the definer functions read the view.
+-- The definer functions read the view, the table and the shown slot.
 GRANT USAGE ON SCHEMA etl TO piivault_definer;
+GRANT SELECT ON public.user_logins TO piivault_definer;
 GRANT SELECT, DELETE ON etl.logins TO piivault_definer;
+GRANT SELECT, UPDATE ON vault.token_view TO piivault_definer;
 
 -- Grants moved with the table; restate what each role has on it now. Analysts (and auditors,
 -- who had none left) read only the view: the other slot holds a version they must not see.
 REVOKE ALL ON etl.logins FROM PUBLIC, piivault_analyst, piivault_auditor;
 GRANT SELECT ON public.user_logins TO piivault_analyst;
 REVOKE ALL ON public.user_logins FROM PUBLIC, piivault_etl, piivault_auditor, piivault_admin;
+-- Everyone may know which slot is shown (it names no value); only the triggers change it.
+GRANT SELECT ON vault.token_view TO piivault_etl, piivault_admin;
 -- Writers: insert both slots; ON CONFLICT (message_id) reads the key column only.
 GRANT INSERT ON etl.logins TO piivault_etl;
 GRANT SELECT (message_id) ON etl.logins TO piivault_etl;

@@ -201,6 +201,18 @@ pub async fn count_missing(
         .map_err(during("counting rows to re-tokenize"))
 }
 
+/// Analysts' rows written by piivault (with a message id) that have no vault row: nothing to
+/// re-tokenize them from.
+pub async fn count_without_vault_row(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM etl.logins l WHERE l.message_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM vault.login_pii p WHERE p.message_id = l.message_id)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(during("counting rows without a vault row"))
+}
+
 /// The next page of vault rows whose analysts' row lacks the pending key `version` in its slot.
 pub async fn unfilled_page(
     pool: &PgPool,

@@ -1028,6 +1028,9 @@ impl Drop for TempEmulator {
 /// SQLSTATE of "insufficient privilege".
 pub const DENIED: &str = "42501";
 
+/// SQLSTATE of writing through `user_logins`, a view of two branches nobody can write through.
+pub const VIEW_NOT_WRITABLE: &str = "55000";
+
 /// The SQLSTATE of a statement run as `url` (a login, as with psql), or "ok".
 pub async fn attempt(url: &str, sql: &str) -> String {
     let pool = PgPool::connect(url).await.unwrap();

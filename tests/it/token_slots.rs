@@ -2,11 +2,9 @@
 //! older rows, and the switch is the database's to allow. Analysts see one version at a time,
 //! and nobody with `psql` can show them another.
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 
-use crate::support::{DENIED, Setup, StderrLog, attempt};
+use crate::support::{DENIED, Setup, attempt};
 
 const FIRST: &str = "{\"user_id\":\"s1\",\"ip\":\"10.1.0.1\",\"device_id\":\"dev-s\"}\n\
                      {\"user_id\":\"s2\",\"ip\":\"10.1.0.2\",\"device_id\":\"dev-s\"}\n";
@@ -71,6 +69,7 @@ async fn only_a_complete_slot_is_ever_shown_to_analysts() {
     );
     for sql in [
         "SELECT vault.show_token_slot('b')",
+        "UPDATE vault.token_view SET slot = 'b'",
         "CREATE OR REPLACE VIEW public.user_logins AS
          SELECT l.user_id, l.device_type, l.ip_token_b AS masked_ip, l.device_token_b AS masked_device_id,
                 l.locale, l.app_version, l.create_date, l.message_id, l.app_version_text,
@@ -176,46 +175,94 @@ async fn rows_from_before_piivault_keep_their_masked_values_across_a_switch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_analysts_long_query_delays_the_switch_never_the_writers() {
+async fn an_analysts_open_transaction_and_a_writer_neither_wait_for_the_switch_nor_hold_it() {
     let s = Setup::new().await;
     s.load_lines(FIRST).await;
     s.etl
         .run(&["keys", "rotate", "--purpose", "token"])
         .await
         .json();
-    // An analyst's transaction that has read the view holds it until it ends.
+    // An analyst's transaction that has read the view and stays open.
     let (_analyst, analyst_url) = s.login("piivault_analyst").await;
     let analyst = PgPool::connect(&analyst_url).await.unwrap();
     let mut holding = analyst.begin().await.unwrap();
-    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM user_logins")
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM user_logins WHERE token_version = 1")
         .fetch_one(&mut *holding)
         .await
         .unwrap();
     assert_eq!(seen, 2);
+    // And a writer's batch in flight: inserted, not committed, holding its row locks.
+    let mut writer = s.db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO etl.logins (message_id, user_id, token_version_a, token_version_b)
+         VALUES ('in-flight', 's9', 1, 2)",
+    )
+    .execute(&mut *writer)
+    .await
+    .unwrap();
 
-    let mut job = s.etl.spawn(&["keys", "retokenize"]);
-    let log = StderrLog::take(&mut job);
-    assert!(
-        log.wait_for("retrying", Duration::from_secs(20)).await,
-        "the switch should wait for the analyst and retry: {}",
-        log.text()
-    );
-    // Meanwhile a writer loads, and commits, without waiting for anything.
-    let summary = s.load_lines(SECOND).await;
-    assert_eq!(summary["loaded"], 2);
-    assert_eq!(
-        s.db.count("SELECT count(*) FROM etl.logins WHERE token_version_b = 2")
-            .await,
-        4,
-        "the new rows carry the pending version too"
-    );
+    // Both still hold their locks: a switch that waited for either would never finish.
+    let out = s.etl.run(&["keys", "retokenize"]).await.json();
+    assert_eq!(out["retokenized"].as_i64(), Some(2));
+    // The analyst's next statement sees the new version only; the writer commits unhindered.
+    let versions: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT DISTINCT token_version FROM user_logins")
+            .fetch_all(&mut *holding)
+            .await
+            .unwrap();
+    assert_eq!(versions, [Some(2)]);
     holding.commit().await.unwrap();
     analyst.close().await;
-    let status = tokio::time::timeout(Duration::from_secs(30), job.wait())
-        .await
-        .expect("retokenize finished once the analyst was done")
-        .unwrap();
-    assert!(status.success(), "{}", log.text());
+    writer.commit().await.unwrap();
+    let summary = s.load_lines(SECOND).await;
+    assert_eq!(summary["loaded"], 2);
     assert_eq!(versions_shown(&s).await, [Some(2)]);
-    assert_eq!(s.db.count("SELECT count(*) FROM user_logins").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_cannot_move_rename_or_add_a_token_key_around_the_check() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    let (_admin, admin_url) = s.login("piivault_admin").await;
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    for sql in [
+        // Give the pending key the shown slot, or swap the slots.
+        "UPDATE vault.data_keys SET slot = 'a' WHERE purpose = 'token' AND version = 2",
+        "UPDATE vault.data_keys SET state = 'previous' WHERE purpose = 'token' AND version = 2;
+         UPDATE vault.data_keys SET slot = 'b' WHERE purpose = 'token' AND version = 1;",
+        // Rename a key, or turn the seal key into a token key.
+        "UPDATE vault.data_keys SET version = 9 WHERE purpose = 'token' AND version = 1",
+        "UPDATE vault.data_keys SET purpose = 'token', version = 9 WHERE purpose = 'seal'",
+    ] {
+        assert_eq!(attempt(&admin_url, sql).await, "55000", "admin: {sql}");
+    }
+    // Add a second key straight into the active state: refused while rows lack it.
+    let add_active =
+        "UPDATE vault.data_keys SET state = 'previous' WHERE purpose = 'token' AND version = 1;
+         INSERT INTO vault.data_keys (purpose, version, kek_uri, wrapped, state, deployment)
+         SELECT 'token', 3, kek_uri, wrapped, 'active', deployment FROM vault.data_keys
+         WHERE purpose = 'token' AND version = 2;";
+    assert_eq!(attempt(&admin_url, add_active).await, "55000");
+    // Nor may anyone but the triggers say which slot analysts see.
+    assert_eq!(
+        attempt(&admin_url, "UPDATE vault.token_view SET slot = 'b'").await,
+        DENIED
+    );
+    let slots: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, state, slot FROM vault.data_keys WHERE purpose = 'token' ORDER BY version",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        slots,
+        [
+            (1, "active".into(), Some("a".into())),
+            (2, "pending".into(), Some("b".into()))
+        ]
+    );
+    assert_eq!(versions_shown(&s).await, [Some(1)]);
 }

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::support::{DENIED, Setup, attempt, reveal_user};
+use crate::support::{DENIED, Setup, VIEW_NOT_WRITABLE, attempt, reveal_user};
 
 /// Two users sharing one device, and one user alone on another.
 const SHARED: &str = "{\"user_id\":\"g1\",\"ip\":\"10.0.0.1\",\"device_id\":\"dev-g\"}\n\
@@ -42,11 +42,14 @@ async fn sealed_values_leave_the_database_only_through_the_audited_reveal() {
     // writes the audit row with the deletion.
     for sql in [
         "DELETE FROM vault.login_pii WHERE user_id = 'g1'",
-        "DELETE FROM user_logins WHERE user_id = 'g1'",
         "DELETE FROM etl.logins WHERE user_id = 'g1'",
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "admin: {sql}");
     }
+    assert_eq!(
+        attempt(&admin_url, "DELETE FROM user_logins WHERE user_id = 'g1'").await,
+        VIEW_NOT_WRITABLE
+    );
     // Only the auditor may call the reveal functions.
     let call = "SELECT * FROM vault.reveal_request('user_id', 'g1', 'fraud-investigation', 'direct SQL attempt', NULL, 'mallory')";
     assert_eq!(attempt(&etl_url, call).await, DENIED);
@@ -229,11 +232,14 @@ async fn key_jobs_read_sealed_values_only_inside_an_audited_job_of_their_own() {
     // The admin writes only the columns its jobs write.
     for sql in [
         "UPDATE vault.login_pii SET user_id = 'decoy'",
-        "UPDATE user_logins SET user_id = 'decoy'",
         "UPDATE etl.logins SET user_id = 'decoy'",
     ] {
         assert_eq!(attempt(&admin_url, sql).await, DENIED, "{sql}");
     }
+    assert_eq!(
+        attempt(&admin_url, "UPDATE user_logins SET user_id = 'decoy'").await,
+        VIEW_NOT_WRITABLE
+    );
     let job = job_begin(&pool, "verify", "manual check by psql").await;
     assert_eq!(
         attempt(&other_url, &page(job)).await,

@@ -5,10 +5,10 @@
 //! transaction of its own; writers have filled that slot for new rows since `keys rotate`.
 //! Analysts see the active slot only. Switch (one short transaction): the pending key becomes
 //! active, and a trigger on the key table checks that every row carries it and points the
-//! analysts' view at its slot. No writer waits for either phase. Without a pending key this is
-//! a no-op.
+//! analysts' view at its slot (one row of `vault.token_view`). Neither phase makes a writer or
+//! an analysts' query wait, nor waits for one. Without a pending key this is a no-op.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -27,8 +27,6 @@ use crate::store::{self, StoreError};
 /// second only finds rows a process without the fence wrote (none, unless keys were edited by
 /// hand).
 const PASSES: usize = 3;
-/// Attempts at the switch: each waits at most 2 s for analysts' queries on the view.
-const SWITCH_ATTEMPTS: u32 = 5;
 
 /// Fills, then switches, in batches of `batch` rows.
 pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
@@ -63,9 +61,12 @@ pub async fn run(ctx: &Context, batch: i64) -> Result<(), Error> {
     progress.finish();
     let fill_seconds = started.elapsed().as_secs_f64();
     if missing > 0 {
+        let orphans = rotation::count_without_vault_row(&pool).await?;
         return Err(Error::Refused(format!(
-            "{missing} row(s) still lack token key v{version} after {PASSES} passes; \
-             a writer may be running without the key fence. Run `etl keys retokenize` again."
+            "{missing} row(s) still lack token key v{version} after {PASSES} passes \
+             ({orphans} row(s) of user_logins have no vault row to re-tokenize from: only the \
+             tables' owner can repair or remove those). Otherwise a writer wrote without the \
+             key fence: run `etl keys retokenize` again."
         )));
     }
     switch(&pool, pending).await?;
@@ -118,24 +119,9 @@ async fn fill(
     Ok(filled)
 }
 
-/// Makes the pending key active. The key-table trigger refuses unless every row carries it, and
-/// replaces the view; an analysts' query holding the view makes that wait 2 s at most, then the
-/// attempt is rolled back and retried.
+/// Makes the pending key active; the key-table trigger refuses unless every row carries it,
+/// and switches the view.
 async fn switch(pool: &sqlx::PgPool, pending: &TokenKey) -> Result<(), Error> {
-    let mut attempt = 1;
-    loop {
-        match try_switch(pool, pending).await {
-            Err(Error::Store(StoreError::Conflict { detail, .. })) if attempt < SWITCH_ATTEMPTS => {
-                tracing::warn!(attempt, %detail, "the switch waited too long for the view; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn try_switch(pool: &sqlx::PgPool, pending: &TokenKey) -> Result<(), Error> {
     let mut tx = pool
         .begin()
         .await
