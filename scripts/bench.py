@@ -585,7 +585,9 @@ def phase_sqs(cfg: Config) -> None:
     """Header item 4. moto slows as a queue deepens (docs/ARCHITECTURE.md, "The SQS/KMS
     emulator"): the messages go in rounds of BENCH_ROUND, each seeded and then drained by both
     consumers in turn, so neither meets a deep queue. Times are the consumers' own (seeding
-    excluded); both include one final empty long poll (1 s) per round."""
+    excluded); both include one final empty long poll (1 s) per round. etl's CPU is split into
+    start-up (the median CPU of three drains of an empty queue) and steady state (each round's
+    CPU less one start-up, per message)."""
     phase("SQS on the emulator")
     db = fresh_db(cfg, "piivault_bench_sqs")
     c = cfg.concurrency
@@ -597,6 +599,20 @@ def phase_sqs(cfg: Config) -> None:
         run(f"sqs round {r}: seed {cfg.round} messages for the {consumer} consumer",
             [ETL, "seed", "--count", cfg.round, "--malformed-ratio", "0.01", "--seed", r], env=env)
         return env
+
+    # Start-up, measured apart: `etl run --drain` on an empty queue (process start, pool, keys,
+    # the queue check and one empty 1 s long poll per receiver), median of 3. What a round costs
+    # beyond that is the steady state, per message.
+    startups = []
+    for r in range(1, 4):
+        queue = new_queue(f"piivault-bench-empty-{r}-{int(time.time())}")
+        step = f"sqs start-up {r}: etl run --drain on an empty queue"
+        done = run(step, [ETL, "run", "--drain", "--wait-time-secs", "1", "--concurrency", c],
+                   env={"DATABASE_URL": db, "SQS_QUEUE_URL": queue}, stdout=PIPE)
+        if last_json(step, done)["received"] != 0:
+            raise StepFailed(step, "the empty queue was not empty")
+        startups.append(done.cpu_s)
+    startup_s = statistics.median(startups)
 
     ideal, drains = [], []
     with open(OUT / "sqs-rounds.jsonl", "w") as rounds:  # each round's figures, for a closer look
@@ -620,6 +636,9 @@ def phase_sqs(cfg: Config) -> None:
     record({"name": f"etl run --drain on the emulator ({cfg.messages} messages, concurrency {c})",
             "messages": n_etl, "seconds": round(s_etl, 2), "msgs_per_s": round(n_etl / s_etl),
             "cpu_us_per_row": round(sum(r["cpu_s"] for r in drains) * 1e6 / n_etl, 1),
+            "startup_cpu_ms": round(startup_s * 1e3, 1),
+            "steady_cpu_us_per_row": round((sum(r["cpu_s"] for r in drains) - len(drains) * startup_s)
+                                           * 1e6 / n_etl, 1),
             "peak_rss_mib": round(max(r["peak_rss_mib"] for r in drains), 1)})
 
 

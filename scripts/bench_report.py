@@ -88,14 +88,14 @@ for r in find("audit trail ("):
 ideal, drain = one("ideal consumer"), one("etl run --drain")
 if ideal or drain:
     print("\n### SQS on the emulator (bounded by the emulator, see docs/ARCHITECTURE.md)\n")
-    print("| consumer | messages | wall s | msgs/s | × ideal | CPU µs/msg |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| consumer | messages | wall s | msgs/s | × ideal | CPU µs/msg | steady CPU µs/msg | start-up CPU ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
 if ideal:
-    print(f"| {ideal['name']} | {ideal['messages']:,} | {ideal['seconds']} | {fmt(ideal['msgs_per_s'])} | 1.00 | |")
+    print(f"| {ideal['name']} | {ideal['messages']:,} | {ideal['seconds']} | {fmt(ideal['msgs_per_s'])} | 1.00 | | | |")
 if drain:
     ratio = drain["msgs_per_s"] / ideal["msgs_per_s"] if ideal else None
     drain["ratio_to_ideal"] = ratio
-    print(f"| {drain['name']} | {drain['messages']:,} | {drain['seconds']} | {fmt(drain['msgs_per_s'])} | {fmt(ratio, 2)} | {drain['cpu_us_per_row']} |")
+    print(f"| {drain['name']} | {drain['messages']:,} | {drain['seconds']} | {fmt(drain['msgs_per_s'])} | {fmt(ratio, 2)} | {drain['cpu_us_per_row']} | {fmt(drain.get('steady_cpu_us_per_row'), 1)} | {fmt(drain.get('startup_cpu_ms'), 1)} |")
     if ideal:
         goal("SQS drain on the emulator ≥ 0.8× the ideal consumer", ratio >= 0.8)
 

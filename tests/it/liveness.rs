@@ -229,3 +229,32 @@ async fn a_backfill_whose_write_stage_dies_ends_at_once_and_loads_fully_after_th
     assert_eq!(summary["loaded"], 20_000, "{summary}");
     assert_eq!(loaded(&s).await, 20_000);
 }
+
+/// An SQS endpoint that takes connections and never answers (a hung proxy or load balancer)
+/// ends the run with 69 after the call timeout (`source::sqs::CALL_TIMEOUT`, 10 s; the wait of a
+/// long poll on top) and `--max-outage-secs`, instead of hanging: no message is in hand, so the
+/// stall watchdog cannot see this one. Each SQS call carries that bound since the SDK's
+/// stalled-stream protection is off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_sqs_endpoint_ends_the_run_with_69_instead_of_hanging() {
+    let s = Setup::new().await;
+    // The kernel completes the connections (listen backlog); nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let child = s.etl.clone().with("AWS_ENDPOINT_URL", &endpoint).spawn(&[
+        "run",
+        "--drain",
+        "--wait-time-secs",
+        "1",
+        "--max-outage-secs",
+        "0",
+    ]);
+    let (code, stderr, waited) = exits_within(child, Duration::from_secs(60)).await;
+    assert_eq!(code, 69, "unreachable: {stderr}");
+    assert!(stderr.contains("timeout"), "{stderr}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(25),
+        "the call timeout, not a hang: {waited:?}"
+    );
+    drop(silent);
+}
