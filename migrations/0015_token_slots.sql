@@ -234,15 +234,23 @@ RETURNS TABLE (message_id text, user_id text, login_user_id text, key_version in
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    shown text;
 BEGIN
     PERFORM vault.job_check(p_job, ARRAY['reencrypt', 'retokenize', 'verify']);
     IF p_filter IS NULL OR p_filter NOT IN ('all', 'not_sealed_at') THEN
         RAISE EXCEPTION 'job_vault_rows: unknown filter %', p_filter USING ERRCODE = '22023';
     END IF;
+    -- The table, not the view: a join through the view's UNION ALL is planned as a hash join
+    -- over every row, per page. The tokens are those of the slot analysts see.
+    SELECT v.slot INTO shown FROM vault.token_view v;
     RETURN QUERY
         SELECT p.message_id, p.user_id::text, u.user_id::text, p.key_version, p.ip_sealed,
-               p.device_id_sealed, u.masked_ip::text, u.masked_device_id::text, u.token_version
-        FROM vault.login_pii p LEFT JOIN public.user_logins u ON u.message_id = p.message_id
+               p.device_id_sealed,
+               (CASE shown WHEN 'a' THEN u.ip_token_a ELSE u.ip_token_b END)::text,
+               (CASE shown WHEN 'a' THEN u.device_token_a ELSE u.device_token_b END)::text,
+               CASE shown WHEN 'a' THEN u.token_version_a ELSE u.token_version_b END
+        FROM vault.login_pii p LEFT JOIN etl.logins u ON u.message_id = p.message_id
         WHERE p.message_id > p_after
           AND (p_filter <> 'not_sealed_at'
                OR p.key_version <> p_version
