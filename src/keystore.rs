@@ -15,6 +15,8 @@ use zeroize::Zeroizing;
 use crate::crypto::{KeyState, KeyVersion, Keyring, Purpose, SealKey, TokenKey};
 use crate::error::Error;
 use crate::kek::{Kek, KekError, WrapContext};
+use crate::protect::WriteKeys;
+use crate::store::keys::TokenSlot;
 use crate::store::{self, keys::DataKeyRow};
 
 /// The deployment a process serves: `PIIVAULT_DEPLOYMENT` as held by the KEK, else the name of
@@ -95,6 +97,56 @@ pub async fn unwrap_row(kek: &Kek, row: &DataKeyRow) -> Result<Option<Unwrapped>
 /// Unwraps every usable stored key (once per process, or again after a rotation).
 pub async fn load(pool: &PgPool, kek: &Kek) -> Result<Keyring, Error> {
     load_only(pool, kek, None).await
+}
+
+/// What a writer (`etl run`, `quarantine replay`) writes with: the keyring, the key states it
+/// was loaded under, and the active token key's slot of `etl.logins`.
+pub struct WriterKeys {
+    keys: Keyring,
+    fingerprint: String,
+    /// Where the active tokens go (the pending key's go to the other slot).
+    pub slot: TokenSlot,
+}
+
+impl WriterKeys {
+    /// Loads them; an active seal and token key are required.
+    pub async fn load(pool: &PgPool, kek: &Kek) -> Result<WriterKeys, Error> {
+        // Fingerprint first: a change that lands while the keys load is noticed at the commit.
+        let fingerprint = store::keys::fingerprint(pool).await?;
+        let keys = load(pool, kek).await?;
+        keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
+        keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
+        let slot = store::keys::active_token_slot(pool).await?;
+        Ok(WriterKeys {
+            keys,
+            fingerprint,
+            slot,
+        })
+    }
+
+    /// Every usable key (to open what older versions sealed).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keys
+    }
+
+    /// The keys new rows are protected with.
+    pub fn write_keys(&self) -> WriteKeys<'_> {
+        WriteKeys {
+            seal: self.keys.active_seal().expect("checked on load"),
+            token: self.keys.active_token().expect("checked on load"),
+            pending_token: self.keys.pending_token(),
+        }
+    }
+
+    /// Whether the key states are still those these keys were loaded under, read in the
+    /// writer's transaction after its inserts: a key change commits either before (and this
+    /// is false: roll back, reload) or after this transaction (its fence waits for it).
+    pub async fn still_current(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<bool, store::StoreError> {
+        Ok(store::keys::fingerprint(&mut **tx).await? == self.fingerprint)
+    }
 }
 
 /// Unwraps the usable keys of one purpose (or all): an auditor's reveal needs only seal keys, so

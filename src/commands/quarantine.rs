@@ -8,7 +8,8 @@ use serde_json::json;
 use super::{Context, begin_job, output, print_line, report_open_failure};
 use crate::crypto::{Place, Sealed};
 use crate::error::Error;
-use crate::protect::{self, Record, WriteKeys};
+use crate::keystore::WriterKeys;
+use crate::protect::{self, Record};
 use crate::source::{Body, Received};
 use crate::store::{self, StoreError};
 
@@ -83,18 +84,9 @@ pub async fn run(args: QuarantineArgs, ctx: &Context) -> Result<(), Error> {
 async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Result<(), Error> {
     // As `etl run` does: a key change after this point fails the commit that would write
     // tokens of a superseded version (or none in the slot analysts are switched to).
-    let fingerprint = store::keys::fingerprint(pool).await?;
-    let keys = ctx.keyring(pool).await?;
-    let write_keys = WriteKeys {
-        seal: keys
-            .active_seal()
-            .ok_or(Error::NoKeys(crate::crypto::Purpose::Seal))?,
-        token: keys
-            .active_token()
-            .ok_or(Error::NoKeys(crate::crypto::Purpose::Token))?,
-        pending_token: keys.pending_token(),
-    };
-    let slot = store::keys::active_token_slot(pool).await?;
+    let writer_keys = WriterKeys::load(pool, &ctx.kek().await?).await?;
+    let keys = writer_keys.keyring();
+    let write_keys = writer_keys.write_keys();
     let selector = match only {
         Some(id) => format!("message_id={id}"),
         None => "all quarantined bodies".to_owned(),
@@ -135,12 +127,16 @@ async fn replay(ctx: &Context, pool: &sqlx::PgPool, only: Option<&str>) -> Resul
                         .begin()
                         .await
                         .map_err(StoreError::during("starting a transaction"))?;
-                    match store::writer::write_batch(&mut tx, std::slice::from_ref(&login), slot)
-                        .await
+                    match store::writer::write_batch(
+                        &mut tx,
+                        std::slice::from_ref(&login),
+                        writer_keys.slot,
+                    )
+                    .await
                     {
                         Ok(_) => {
                             store::quarantine::remove(&mut tx, &entry.message_id).await?;
-                            if store::keys::fingerprint(&mut *tx).await? != fingerprint {
+                            if !writer_keys.still_current(&mut tx).await? {
                                 return Err(Error::KeysChanging);
                             }
                             tx.commit()

@@ -13,13 +13,11 @@ use std::sync::{Arc, RwLock};
 use chrono::Utc;
 use sqlx::PgPool;
 
-use crate::crypto::{Keyring, Purpose};
 use crate::error::Error;
 use crate::kek::Kek;
-use crate::keystore;
+use crate::keystore::WriterKeys;
 use crate::protect::{self, Record, WriteKeys};
 use crate::source::Received;
-use crate::store::keys::TokenSlot;
 use crate::store::writer::{self, BatchCounts};
 use crate::store::{self, StoreError};
 
@@ -29,20 +27,13 @@ use super::{Stored, WriteStage};
 pub struct Pipeline {
     pool: PgPool,
     kek: Kek,
-    keys: RwLock<Arc<Loaded>>,
-}
-
-/// A keyring, the key states it was loaded under and the active token key's slot.
-struct Loaded {
-    keys: Keyring,
-    fingerprint: String,
-    slot: TokenSlot,
+    keys: RwLock<Arc<WriterKeys>>,
 }
 
 impl Pipeline {
     /// A pipeline writing with the active seal and token keys, unwrapped by `kek`.
     pub async fn load(pool: PgPool, kek: Kek) -> Result<Pipeline, Error> {
-        let loaded = Self::load_keys(&pool, &kek).await?;
+        let loaded = WriterKeys::load(&pool, &kek).await?;
         Ok(Pipeline {
             pool,
             kek,
@@ -50,28 +41,14 @@ impl Pipeline {
         })
     }
 
-    async fn load_keys(pool: &PgPool, kek: &Kek) -> Result<Loaded, Error> {
-        // Fingerprint first: a change that lands while the keys load is noticed at the next batch.
-        let fingerprint = store::keys::fingerprint(pool).await?;
-        let keys = keystore::load(pool, kek).await?;
-        keys.active_seal().ok_or(Error::NoKeys(Purpose::Seal))?;
-        keys.active_token().ok_or(Error::NoKeys(Purpose::Token))?;
-        let slot = store::keys::active_token_slot(pool).await?;
-        Ok(Loaded {
-            keys,
-            fingerprint,
-            slot,
-        })
-    }
-
-    fn loaded(&self) -> Arc<Loaded> {
+    fn loaded(&self) -> Arc<WriterKeys> {
         self.keys.read().expect("keyring lock poisoned").clone()
     }
 
     /// Reloads the keyring after a key change (rotation, token swap, retirement: a retired key
     /// also leaves this process's memory).
     async fn reload(&self) -> Result<(), Error> {
-        let loaded = Self::load_keys(&self.pool, &self.kek).await?;
+        let loaded = WriterKeys::load(&self.pool, &self.kek).await?;
         tracing::info!("data keys changed; reloaded the keyring");
         *self.keys.write().expect("keyring lock poisoned") = Arc::new(loaded);
         Ok(())
@@ -83,11 +60,7 @@ impl Pipeline {
     pub async fn store(&self, chunk: &[Received]) -> Result<Stored, Error> {
         let newest = newest_deliveries(chunk);
         let loaded = self.loaded();
-        let write_keys = WriteKeys {
-            seal: loaded.keys.active_seal().expect("checked on load"),
-            token: loaded.keys.active_token().expect("checked on load"),
-            pending_token: loaded.keys.pending_token(),
-        };
+        let write_keys = loaded.write_keys();
         let now = Utc::now();
         let records: Vec<Record> = newest
             .iter()
@@ -117,7 +90,7 @@ impl Pipeline {
         newest: &[usize],
         records: Vec<Record>,
         keys: WriteKeys<'_>,
-        loaded: &Loaded,
+        loaded: &WriterKeys,
     ) -> Result<Option<BatchCounts>, StoreError> {
         let mut total = BatchCounts::default();
         for (record, &i) in records.into_iter().zip(newest) {
@@ -151,7 +124,7 @@ impl Pipeline {
     async fn write(
         &self,
         records: &[Record],
-        loaded: &Loaded,
+        loaded: &WriterKeys,
     ) -> Result<Option<BatchCounts>, StoreError> {
         let mut tx = self
             .pool
@@ -159,7 +132,7 @@ impl Pipeline {
             .await
             .map_err(StoreError::during("starting a transaction"))?;
         let counts = writer::write_batch(&mut tx, records, loaded.slot).await?;
-        if store::keys::fingerprint(&mut *tx).await? != loaded.fingerprint {
+        if !loaded.still_current(&mut tx).await? {
             return Ok(None);
         }
         tx.commit()
