@@ -337,24 +337,76 @@ pub async fn vault_with_tokens(
         .map_err(during("reading vault rows to verify"))
 }
 
+/// How long one attempt at a writers' fence may wait. A LOCK that waits queues every later
+/// writer behind it, so waiting out a long batch would stall all writers for as long; an attempt
+/// gives up after this, lets writers through for [`FENCE_PAUSE`], and tries again.
+const FENCE_WAIT_MS: u64 = 300;
+/// Writers' time between two attempts.
+const FENCE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// Attempts before the rotation gives up (about a minute of writers never pausing).
+const FENCE_ATTEMPTS: u32 = 120;
+
 /// Blocks writers of the analysts' rows until the transaction ends, and waits for those in
 /// flight (for `keys rotate --purpose token`: after it commits, every batch that commits carries
-/// the pending key's tokens too; writers re-check the key states, then reload).
+/// the pending key's tokens too; writers re-check the key states, then reload). Never holds
+/// writers back for more than [`FENCE_WAIT_MS`] while it waits.
 pub async fn lock_user_logins(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("SELECT vault.lock_for_key_job('user_logins')")
-        .execute(&mut **tx)
-        .await
-        .map_err(during("locking user_logins for a token rotation"))?;
-    Ok(())
+    fence(
+        tx,
+        "user_logins",
+        "locking user_logins for a token rotation",
+    )
+    .await
 }
 
 /// Blocks writers of sealed values until the transaction ends, and waits for those in flight
 /// (for `keys rotate --purpose seal`: after it commits, no batch can commit under the old key).
+/// Bounded like [`lock_user_logins`].
 pub async fn lock_sealed_rows(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    sqlx::query("SELECT vault.lock_for_key_job('sealed')")
+    fence(tx, "sealed", "locking the sealed tables").await
+}
+
+/// `vault.lock_for_key_job(what)` under a short `lock_timeout`, in a savepoint retried until it
+/// is granted; then the login's own `lock_timeout` again for the rest of the transaction.
+async fn fence(tx: &mut Tx<'_>, what: &str, doing: &'static str) -> Result<(), StoreError> {
+    let previous: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(during(doing))?;
+    let mut attempt = 1;
+    loop {
+        let mut savepoint = sqlx::Connection::begin(&mut **tx)
+            .await
+            .map_err(during(doing))?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{FENCE_WAIT_MS}ms"))
+            .execute(&mut *savepoint)
+            .await
+            .map_err(during(doing))?;
+        match sqlx::query("SELECT vault.lock_for_key_job($1)")
+            .bind(what)
+            .execute(&mut *savepoint)
+            .await
+        {
+            Ok(_) => {
+                savepoint.commit().await.map_err(during(doing))?;
+                break;
+            }
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55P03") && attempt < FENCE_ATTEMPTS =>
+            {
+                savepoint.rollback().await.map_err(during(doing))?;
+                attempt += 1;
+                tokio::time::sleep(FENCE_PAUSE).await;
+            }
+            Err(e) => return Err(during(doing)(e)),
+        }
+    }
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(previous)
         .execute(&mut **tx)
         .await
-        .map_err(during("locking the sealed tables"))?;
+        .map_err(during(doing))?;
     Ok(())
 }
 

@@ -29,6 +29,23 @@ async fn versions_shown(s: &Setup) -> Vec<Option<i32>> {
         .unwrap()
 }
 
+/// The token keys as a rotation leaves them: v1 active in slot a, v2 pending in slot b.
+async fn assert_v1_shown_v2_pending(s: &Setup) {
+    let slots: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, state, slot FROM vault.data_keys WHERE purpose = 'token' ORDER BY version",
+    )
+    .fetch_all(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        slots,
+        [
+            (1, "active".into(), Some("a".into())),
+            (2, "pending".into(), Some("b".into()))
+        ]
+    );
+}
+
 const PROMOTE_BY_HAND: &str =
     "UPDATE vault.data_keys SET state = 'previous' WHERE purpose = 'token' AND version = 1;
      UPDATE vault.data_keys SET state = 'active' WHERE purpose = 'token' AND version = 2;";
@@ -246,23 +263,114 @@ async fn the_admin_cannot_move_rename_or_add_a_token_key_around_the_check() {
          SELECT 'token', 3, kek_uri, wrapped, 'active', deployment FROM vault.data_keys
          WHERE purpose = 'token' AND version = 2;";
     assert_eq!(attempt(&admin_url, add_active).await, "55000");
+    // Nor by claiming the mark vault.rewrite_data_keys() puts on its own transaction.
+    assert_eq!(
+        attempt(
+            &admin_url,
+            &format!("INSERT INTO vault.key_rewrites VALUES (pg_current_xact_id()); {add_active}")
+        )
+        .await,
+        DENIED
+    );
     // Nor may anyone but the triggers say which slot analysts see.
     assert_eq!(
         attempt(&admin_url, "UPDATE vault.token_view SET slot = 'b'").await,
         DENIED
     );
-    let slots: Vec<(i32, String, Option<String>)> = sqlx::query_as(
-        "SELECT version, state, slot FROM vault.data_keys WHERE purpose = 'token' ORDER BY version",
-    )
-    .fetch_all(&s.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        slots,
-        [
-            (1, "active".into(), Some("a".into())),
-            (2, "pending".into(), Some("b".into()))
-        ]
-    );
+    assert_v1_shown_v2_pending(&s).await;
     assert_eq!(versions_shown(&s).await, [Some(1)]);
+}
+
+/// One writer's transaction (what a batch takes on etl.logins), rolled back; how long it took.
+async fn probe_write(pool: &PgPool) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO etl.logins (message_id, user_id) VALUES ('probe', 'probe')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_waiting_for_a_long_batch_never_holds_other_writers_back() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    // A batch that stays open for seconds (a slow writer): the rotation's fence must wait for
+    // it, and a LOCK that simply waited would queue every other writer behind it meanwhile.
+    let mut slow = s.db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO etl.logins (message_id, user_id) VALUES ('slow-batch', 'slow')")
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    let rotate = s.etl.spawn(&["keys", "rotate", "--purpose", "token"]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut longest = std::time::Duration::ZERO;
+    for _ in 0..8 {
+        longest = longest.max(probe_write(&s.db.pool).await);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM vault.data_keys WHERE purpose = 'token'")
+            .await,
+        1,
+        "no pending key while a batch that lacks its slot is in flight"
+    );
+    // Each attempt queues writers for 300 ms at most (a second of slack for a loaded machine);
+    // waiting out the slow batch would have taken the probes' whole 2.5 s.
+    assert!(
+        longest < std::time::Duration::from_millis(1300),
+        "a writer waited {longest:?}"
+    );
+    slow.rollback().await.unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        rotate.wait_with_output(),
+    )
+    .await
+    .expect("the rotation never got its fence")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM vault.data_keys WHERE purpose = 'token' AND version = 2 AND state = 'pending'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewriting_the_key_table_does_not_scan_the_analysts_rows() {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    // retire and rewrap rewrite the key table under an ACCESS EXCLUSIVE lock every writer's
+    // key check waits for: putting the keys back must not scan etl.logins meanwhile.
+    let mut tx = s.db.pool.begin().await.unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT vault.rewrite_data_keys()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(kept, 3, "seal v1, token v1 active, token v2 pending");
+    let scans: i64 = sqlx::query_scalar("SELECT pg_stat_get_xact_numscans('etl.logins'::regclass)")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(scans, 0, "scans of etl.logins in the rewrite's transaction");
+    let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM vault.key_rewrites")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(marks, 0, "the mark ends with the rewrite");
+    tx.commit().await.unwrap();
+    assert_v1_shown_v2_pending(&s).await;
 }
