@@ -9,7 +9,8 @@
   uses, written from KEDA's documentation (KEDA's CRDs are not bundled by any offline validator).
 - Cross-file rules: the grace period exceeds --shutdown-timeout-secs, probes hit /healthz and
   /readyz on the --metrics-addr port, the pods run as the Dockerfile's non-root user with a
-  read-only root, the set-up job has its own service account and stays out of the
+  read-only root (the summary CronJob's too, which runs one `etl report refresh` at a time
+  with a deadline), the set-up job has its own service account and stays out of the
   kustomization (a Job cannot be re-applied), KEDA scales the Deployment with the pods' identity
   and reads the queue URL the pod reads, and the compose services that run etl share one image
   built once, with a read-only root.
@@ -239,11 +240,12 @@ def check(root: Path):
             return {}
         return found[0]
 
-    deployment, scaled, config, job = (
+    deployment, scaled, config, job, cron = (
         one("Deployment"),
         one("ScaledObject"),
         one("ConfigMap"),
         one("Job"),
+        one("CronJob"),
     )
     dockerfile = (root / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\d+)(?::(\d+))?\s*$", dockerfile, re.M)
@@ -281,7 +283,17 @@ def check(root: Path):
     job_pod = job.get("spec", {}).get("template", {}).get("spec", {})
     if job_pod.get("serviceAccountName") in (None, pod.get("serviceAccountName")):
         problems.append("setup job: needs its own service account (keys init needs kms:Encrypt; consumers must not)")
-    for name, spec in [("deployment", pod)] + [("setup job", job.get("spec", {}).get("template", {}).get("spec", {}))]:
+    cron_job = cron.get("spec", {}).get("jobTemplate", {}).get("spec", {})
+    cron_pod = cron_job.get("template", {}).get("spec", {})
+    cron_args = [c.get("args", []) for c in cron_pod.get("containers", [])]
+    if cron_args != [["report", "refresh"]]:
+        problems.append(f"summary cronjob: one container running `etl report refresh`, not {cron_args}")
+    if cron.get("spec", {}).get("concurrencyPolicy") != "Forbid":
+        problems.append("summary cronjob: concurrencyPolicy Forbid (two rebuilds only wait on each other)")
+    if not cron_job.get("activeDeadlineSeconds"):
+        problems.append("summary cronjob: set activeDeadlineSeconds, so a stuck rebuild is stopped")
+    for name, spec in [("deployment", pod), ("setup job", job.get("spec", {}).get("template", {}).get("spec", {})),
+                       ("summary cronjob", cron_pod)]:
         psc = spec.get("securityContext", {})
         if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != image_uid:
             problems.append(f"{name}: runAsNonRoot with runAsUser {image_uid} (the Dockerfile's USER)")
@@ -331,6 +343,7 @@ def check(root: Path):
     return problems, {
         "deployment_args": args,
         "setup_args": setup,
+        "cron_args": cron_args,
         "compose_commands": {n: s.get("command") for n, s in compose_etl.items()},
         "env_names": env_names,
         "grace_seconds": grace,

@@ -24,7 +24,7 @@ use super::observe::{Checked, QueueDepth};
 use crate::pipeline::Summary;
 use crate::pipeline::health::{LastError, Stage, StageHealth};
 use crate::pipeline::latency::Quantiles;
-use crate::store::report::{self, DuplicateBy, DuplicateGroup};
+use crate::store::report::{self, DuplicateBy, DuplicateGroup, SummaryState};
 use crate::store::{StoreError, keys, quarantine};
 
 /// Beyond Postgres's own statement timeout, how long the client waits for one read (a
@@ -86,6 +86,7 @@ pub struct DbPart {
     user_logins: Part<i64>,
     quarantined: Part<i64>,
     keys: Part<Vec<KeyLine>>,
+    summary: Part<Option<SummaryState>>,
     devices: Part<Vec<DuplicateGroup>>,
     ips: Part<Vec<DuplicateGroup>>,
     read_at: DateTime<Utc>,
@@ -177,6 +178,8 @@ async fn read_db(pool: &PgPool, timeout: Duration) -> DbPart {
         })
     })
     .await;
+    // The shared-token summary, never rebuilt here: a page view must stay one index read.
+    let summary = bounded(wait, report::summary_state(pool)).await;
     let devices = bounded(
         wait,
         report::duplicate_groups(pool, DuplicateBy::Device, 2, TOP_GROUPS),
@@ -191,6 +194,7 @@ async fn read_db(pool: &PgPool, timeout: Duration) -> DbPart {
         user_logins,
         quarantined,
         keys,
+        summary,
         devices,
         ips,
         read_at: Utc::now(),
@@ -429,6 +433,7 @@ fn render_db(html: &mut String, db: &DbPart) {
         }
     }
 
+    render_summary(html, &db.summary);
     for (id, title, groups) in [
         ("devices", "Devices shared by several users", &db.devices),
         ("ips", "IP addresses shared by several users", &db.ips),
@@ -452,6 +457,31 @@ fn render_db(html: &mut String, db: &DbPart) {
                 }
                 html.push_str("</tbody></table>");
             }
+        }
+    }
+}
+
+/// When the duplicate groups below were counted, or why there are none to show.
+fn render_summary(html: &mut String, summary: &Part<Option<SummaryState>>) {
+    html.push_str("<h2>Shared tokens</h2>");
+    match summary {
+        Err(why) => unavailable(html, why),
+        Ok(None) => html.push_str(
+            "<p id=\"summary\" class=\"unavailable\">Not built yet: <code>etl report refresh</code> \
+             builds it (one scan of user_logins).</p>",
+        ),
+        Ok(Some(s)) if !s.current => html.push_str(
+            "<p id=\"summary\" class=\"unavailable\">Out of date: built for a token key analysts \
+             no longer see. <code>etl report refresh</code> rebuilds it.</p>",
+        ),
+        Ok(Some(s)) => {
+            let _ = write!(
+                html,
+                "<p id=\"summary\" class=\"meta\">Counted at {} ({:.1} s), refreshed by \
+                 <code>etl report refresh</code>.</p>",
+                s.refreshed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                s.seconds
+            );
         }
     }
 }
@@ -571,6 +601,13 @@ mod tests {
                     state: "active".into(),
                     created_at: Utc::now(),
                 }]),
+                summary: Ok(Some(SummaryState {
+                    refreshed_at: Utc::now(),
+                    token_version: Some(1),
+                    current: true,
+                    groups: 1,
+                    seconds: 0.25,
+                })),
                 devices: Ok(vec![DuplicateGroup {
                     token: "<script>alert(1)</script>".into(),
                     users: 3,
@@ -593,6 +630,10 @@ mod tests {
         assert!(html.contains("<td id=\"rate-average\">2.0</td>"));
         assert!(html.contains("<td id=\"rate-recent\">–</td>"));
         assert!(html.contains("<p id=\"ips\" class=\"none\">None.</p>"));
+        assert!(
+            html.contains("<p id=\"summary\" class=\"meta\">Counted at "),
+            "{html}"
+        );
         assert!(html.contains("<td>seal</td><td>2</td><td>active</td>"));
         assert!(
             html.contains("<td id=\"queue-visible\">1200</td>"),

@@ -123,6 +123,12 @@ fn the_manifests_validate_and_the_checker_catches_each_kind_of_mistake() {
             "",
             "resources",
         ),
+        (
+            "deploy/kubernetes/summary-cronjob.yaml",
+            "concurrencyPolicy: Forbid",
+            "concurrencyPolicy: Allow",
+            "concurrencyPolicy Forbid",
+        ),
     ] {
         let dir = mutated(file, from, to);
         match check_deploy(dir.path()) {
@@ -173,13 +179,7 @@ async fn the_pods_commands_work_as_the_images_user_probed_and_stopped_like_kuber
 
     // The set-up job's containers, twice: a re-run on the next deploy must succeed too.
     for _ in 0..2 {
-        for args in facts["setup_args"].as_array().unwrap() {
-            let args: Vec<&str> = args
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap())
-                .collect();
+        for args in containers_args(&facts["setup_args"]) {
             let out = as_image_user(&args).output().await.unwrap();
             assert!(
                 out.status.success(),
@@ -239,6 +239,23 @@ async fn the_pods_commands_work_as_the_images_user_probed_and_stopped_like_kuber
         .await;
     assert_eq!(loaded, 39);
 
+    // The summary CronJob's container, as the image's user on the ETL login's settings.
+    for args in containers_args(&facts["cron_args"]) {
+        let out = as_image_user(&args).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(built["token_version"], 1, "{built}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM etl.shared_tokens_state")
+            .await,
+        1
+    );
+
     // What Kubernetes does on scale-in: SIGTERM, then SIGKILL after the grace period.
     let grace = facts["grace_seconds"].as_u64().unwrap();
     let pid = pod.id().unwrap().to_string();
@@ -261,6 +278,22 @@ async fn the_pods_commands_work_as_the_images_user_probed_and_stopped_like_kuber
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
     assert_eq!(queue_depth(&queue_url).await, 0, "every message deleted");
+}
+
+/// Each container's args, from the checker's JSON list of lists.
+fn containers_args(lists: &serde_json::Value) -> Vec<Vec<&str>> {
+    lists
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|args| {
+            args.as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 /// True when the test process runs as root (and may start etl as another user).

@@ -82,3 +82,97 @@ async fn duplicate_groups_count_users_and_logins_by_token_only() {
         assert!(!output.contains("dev-shared-7") && !output.contains("198.51.100.9"));
     }
 }
+
+fn logins_file(dir: &tempfile::TempDir, name: &str, lines: &[String]) -> String {
+    let file = dir.path().join(name);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+fn sharing(users: std::ops::Range<u32>, device: &str) -> Vec<String> {
+    users
+        .map(|i| format!(r#"{{"user_id":"s{i}","device_id":"{device}","ip":"10.9.0.{i}"}}"#))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_summary_is_reused_until_too_old_and_never_outlives_a_token_switch() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = logins_file(&dir, "first.jsonl", &sharing(0..2, "dev-summary-1"));
+    s.etl
+        .run(&["run", "--input", &first])
+        .await
+        .assert_success();
+
+    // The first report builds the summary: one group of two users.
+    let devices = groups(&s.etl, &[]).await;
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0]["users"], 2);
+    let built_at: String =
+        sqlx::query_scalar("SELECT refreshed_at::text FROM etl.shared_tokens_state")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+
+    // A third user arrives: within --max-age-secs the report answers from the summary as it
+    // was (and says when it was counted); --max-age-secs 0 counts again.
+    let more = logins_file(&dir, "more.jsonl", &sharing(2..3, "dev-summary-1"));
+    s.etl.run(&["run", "--input", &more]).await.assert_success();
+    let cached = s
+        .etl
+        .run(&["report", "duplicates", "--format", "json"])
+        .await;
+    assert_eq!(cached.json_lines()[0]["users"], 2);
+    assert!(
+        cached
+            .stderr
+            .contains("duplicate groups as of the summary's last build"),
+        "{}",
+        cached.stderr
+    );
+    assert_eq!(
+        s.db.count(&format!(
+            "SELECT count(*) FROM etl.shared_tokens_state WHERE refreshed_at::text = '{built_at}'"
+        ))
+        .await,
+        1,
+        "not rebuilt"
+    );
+    assert_eq!(
+        groups(&s.etl, &["--max-age-secs", "0"]).await[0]["users"],
+        3
+    );
+
+    // `etl report refresh` rebuilds and says what it built.
+    let refreshed = s.etl.run(&["report", "refresh"]).await.json_lines();
+    assert_eq!(refreshed[0]["groups"], 1, "{refreshed:?}");
+    assert_eq!(refreshed[0]["token_version"], 1);
+
+    // After a token switch the summary holds tokens analysts no longer see: it serves nothing,
+    // and the next report rebuilds it with the new tokens.
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .assert_success();
+    s.etl.run(&["keys", "retokenize"]).await.assert_success();
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM shared_tokens_summary('device', 2, 10)")
+            .await,
+        0,
+        "tokens of the old version"
+    );
+    let after = groups(&s.etl, &[]).await;
+    let token: String = sqlx::query_scalar(
+        "SELECT DISTINCT masked_device_id FROM user_logins WHERE user_id = 's0'",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert!(token.starts_with("v2:"), "{token}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(
+        (after[0]["token"].as_str(), after[0]["users"].as_i64()),
+        (Some(token.as_str()), Some(3))
+    );
+}

@@ -172,6 +172,18 @@ impl TestDb {
         tx
     }
 
+    /// Holds an exclusive lock on the shared-token summary until the transaction is dropped.
+    pub async fn block_shared_tokens(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.pool.begin().await.unwrap();
+        sqlx::query(
+            "LOCK TABLE etl.shared_tokens, etl.shared_tokens_state IN ACCESS EXCLUSIVE MODE",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx
+    }
+
     /// Waits until `count_sql` counts `want` or `timeout` passes; returns the last count.
     pub async fn wait_for(&self, count_sql: &str, want: i64, timeout: std::time::Duration) -> i64 {
         let until = std::time::Instant::now() + timeout;

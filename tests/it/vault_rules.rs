@@ -442,6 +442,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
     assert_eq!(
         names,
         [
+            "active_token_version",
             "assign_token_slot",
             "audit_append",
             "audit_key_change",
@@ -457,6 +458,7 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "job_vault_rows",
             "lock_for_key_job",
             "policy_set",
+            "refresh_shared_tokens",
             "reveal_approve",
             "reveal_ask",
             "reveal_execute",
@@ -469,6 +471,8 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
             "rewrite_data_keys",
             "rows_missing_slot",
             "shared_tokens",
+            "shared_tokens_state",
+            "shared_tokens_summary",
             "show_token_slot",
             "token_key_activated"
         ]
@@ -536,6 +540,17 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         (2, 2),
         "pg_catalog.count, not the plant"
     );
+    // The summary's build counts with pg_catalog too.
+    assert_eq!(
+        attempt(&etl_url, "SELECT refresh_shared_tokens(NULL)").await,
+        "ok"
+    );
+    let summary: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT token, users, logins FROM shared_tokens_summary('device', 2, 10)")
+            .fetch_all(&s.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(summary, groups, "the summary agrees with the live count");
     assert_eq!(
         s.db.count("SELECT count(*) FROM public.hijacked").await,
         0,
@@ -552,6 +567,66 @@ async fn definer_functions_cannot_be_hijacked_through_schema_public() {
         .execute(&s.db.pool)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_forges_or_reads_the_shared_token_summary_around_its_functions() {
+    let s = Setup::new().await;
+    load_shared(&s).await;
+    s.etl.run(&["report", "refresh"]).await.assert_success();
+    let mut roles = Vec::new();
+    for role in [
+        "piivault_etl",
+        "piivault_analyst",
+        "piivault_auditor",
+        "piivault_admin",
+    ] {
+        roles.push((role, s.login(role).await.1));
+    }
+    for (role, url) in &roles {
+        for sql in [
+            "SELECT * FROM etl.shared_tokens",
+            "INSERT INTO etl.shared_tokens VALUES ('device', 'v1:forged', 99, 99)",
+            "UPDATE etl.shared_tokens SET users = 99",
+            "DELETE FROM etl.shared_tokens",
+            "TRUNCATE etl.shared_tokens",
+            "UPDATE etl.shared_tokens_state SET refreshed_at = now() + interval '1 day'",
+            "DELETE FROM etl.shared_tokens_state",
+        ] {
+            assert_eq!(attempt(url, sql).await, DENIED, "{role}: {sql}");
+        }
+    }
+    // The ETL role (status page) and analysts read it through the bounded functions and may
+    // rebuild it; the auditor and the key administrator have no use for it.
+    for (role, url) in &roles {
+        let want = if ["piivault_etl", "piivault_analyst"].contains(role) {
+            "ok"
+        } else {
+            DENIED
+        };
+        for sql in [
+            "SELECT * FROM shared_tokens_summary('device', 2, 10)",
+            "SELECT * FROM shared_tokens_state()",
+            "SELECT refresh_shared_tokens(NULL)",
+        ] {
+            assert_eq!(attempt(url, sql).await, want, "{role}: {sql}");
+        }
+    }
+    // Its bounds hold whatever the caller asks: never a single user's token, never more than
+    // 1,000 groups, and a build always counts what user_logins holds.
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM shared_tokens_summary('device', 1, 100000) WHERE users < 2"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        s.db.count("SELECT count(*) FROM shared_tokens_summary('device', 2, 10)")
+            .await,
+        1,
+        "dev-g, two users"
+    );
 }
 
 /// The unwrapped v1 seal and token keys of a test database (what a format-1 writer held).
