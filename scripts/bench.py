@@ -26,7 +26,8 @@ scale phase (issue 19; only when named, e.g. BENCH_PHASES=scale) backfills BENCH
 (10,000,000) events and times report refresh and duplicates, the status page, reveals of a user and of a
 token shared by 10,000 users, the raw-COPY limit of its rows, and a full rotation of both keys
 under live load: the key jobs' rates and the longest writer stall (see phase_scale). The
-scale-queries phase (only when named) times the scale phase's reads again on the table it left.
+scale-queries and scale-rotation phases (only when named) run the scale phase's reads, or its
+rotation, again on the table it left.
 
 BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status indexes"; "scale"
 only when named); they run in that order. Rows go to target/bench/results.jsonl; scripts/bench_report.py then prints
@@ -65,10 +66,10 @@ OUT = Path("target/bench")  # relative to ROOT, like every path below
 RESULTS = OUT / "results.jsonl"
 ETL = "target/release/etl"
 PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "status", "indexes", "scale",
-          "scale-queries")
-# The phases a plain run runs; scale (about an hour at 10 M events) and scale-queries (on the
-# table scale left) only when named.
-DEFAULT_PHASES = PHASES[:-2]
+          "scale-queries", "scale-rotation")
+# The phases a plain run runs; scale (over an hour at 10 M events) and scale-queries and
+# scale-rotation (on the table scale left) only when named.
+DEFAULT_PHASES = PHASES[:-3]
 STATUS_ADDR = "127.0.0.1:19090"
 REVEAL_USER = "bench-reveal-user"
 SHARED_DEVICE = "bench-shared-device"
@@ -830,6 +831,18 @@ def phase_scale_queries(cfg: Config) -> None:
     scale_queries(cfg.db_url("piivault_bench_scale"), "scale, after its rotation: ", cfg.reveal)
 
 
+def phase_scale_rotation(cfg: Config) -> None:
+    """The scale phase's last step alone, on the table an earlier scale run left in
+    piivault_bench_scale: a full rotation of both keys under live load (a second rotation if
+    that run finished its own)."""
+    phase("scale rotation on the table a scale run left")
+    db = cfg.db_url("piivault_bench_scale")
+    rows = int(psql("scale-rotation: count user_logins", db, "SELECT count(*) FROM user_logins",
+                    stdout=PIPE).stdout)
+    psql("scale-rotation: ANALYZE", db, "ANALYZE")
+    rotation_under_load(db, f"scale {rows}: ", rows)
+
+
 def scale_queries(db: str, label: str, reveal: int) -> int:
     """`report refresh` and `report duplicates`, reveals of the scale phase's user and shared
     device, the status page; returns the rows of user_logins."""
@@ -902,24 +915,39 @@ def phase_indexes(cfg: Config) -> None:
 def rotation_under_load(db: str, label: str, rows: int) -> None:
     """A full rotation of both keys (rotate, reencrypt, retokenize, verify, retire the old
     versions) while a loader keeps writing and a probe times what a writer waits for: the
-    longest probe is the longest writer stall any key job caused."""
+    longest probe is the longest writer stall any key job caused, reported with the step that
+    was running when it started."""
     probe = WriterProbe(db)
     loader = Loader(db)
+    steps: list[tuple[float, str]] = []
+
+    def step(name: str) -> None:
+        steps.append((time.monotonic(), name))
+
     try:
-        etl("scale: rotate seal", "keys", "rotate", "--purpose", "seal", db=db)
-        etl("scale: rotate token", "keys", "rotate", "--purpose", "token", db=db)
-        measure(f"{label}keys reencrypt ({rows} rows)", "reencrypted", "keys", "reencrypt", db=db)
-        measure(f"{label}keys retokenize ({rows} rows)", "retokenized", "keys", "retokenize", db=db)
-        measure(f"{label}keys verify ({rows} rows)", "vault_rows", "keys", "verify", db=db)
+        previous = {}
         for purpose in ("seal", "token"):
-            etl(f"scale: retire {purpose} v1", "keys", "retire", "--purpose", purpose, "--version", "1",
-                db=db)
+            step(f"rotate {purpose}")
+            done = etl(f"scale: rotate {purpose}", "keys", "rotate", "--purpose", purpose, db=db,
+                       stdout=PIPE)
+            previous[purpose] = last_json(f"scale: rotate {purpose}", done)["previous"]
+        for job, field in (("reencrypt", "reencrypted"), ("retokenize", "retokenized"),
+                           ("verify", "vault_rows")):
+            step(job)
+            measure(f"{label}keys {job} ({rows} rows)", field, "keys", job, db=db)
+        for purpose in ("seal", "token"):
+            step(f"retire {purpose} v{previous[purpose]}")
+            etl(f"scale: retire {purpose} v{previous[purpose]}", "keys", "retire", "--purpose",
+                purpose, "--version", str(previous[purpose]), db=db)
+        step("done")
     finally:
         loaded = loader.stop()
-        waits = probe.stop()
-    waits.sort()
+        probes = probe.stop()
+    waits = sorted(w for _, w in probes)
+    worst_at, worst = max(probes, key=lambda p: p[1])
+    during = next((name for t, name in reversed(steps) if t <= worst_at), "before the first step")
     record({"name": f"{label}writer stall during a full rotation", "rows": rows,
-            "probes": len(waits), "max_ms": round(waits[-1] * 1000, 1),
+            "probes": len(waits), "max_ms": round(worst * 1000, 1), "max_during": during,
             "p99_ms": round(waits[int(len(waits) * 0.99)] * 1000, 1),
             "median_ms": round(statistics.median(waits) * 1000, 1), "loaded_meanwhile": loaded})
 
@@ -941,7 +969,7 @@ class WriterProbe:
     def __init__(self, db: str):
         self.psql = subprocess.Popen(["psql", db, "-qAt", "-v", "ON_ERROR_STOP=1"], stdin=PIPE,
                                      stdout=PIPE, stderr=PIPE, text=True, bufsize=1)
-        self.waits: list[float] = []
+        self.waits: list[tuple[float, float]] = []  # (started, seconds)
         self.failure: str | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -959,10 +987,10 @@ class WriterProbe:
                     return
                 if line.strip() == "probe-done":
                     break
-            self.waits.append(time.monotonic() - started)
+            self.waits.append((started, time.monotonic() - started))
             self.done.wait(self.PROBE_EVERY_S)
 
-    def stop(self) -> list[float]:
+    def stop(self) -> list[tuple[float, float]]:
         self.done.set()
         self.thread.join()
         self.psql.stdin.close()
@@ -1014,7 +1042,8 @@ class Loader:
 PHASE_FUNCTIONS = {
     "backfill": phase_backfill, "keys": phase_keys, "reveal": phase_reveal, "audit": phase_audit,
     "sqs": phase_sqs, "model": phase_model, "micro": phase_micro, "status": phase_status,
-    "scale": phase_scale, "scale-queries": phase_scale_queries, "indexes": phase_indexes,
+    "scale": phase_scale, "scale-queries": phase_scale_queries,
+    "scale-rotation": phase_scale_rotation, "indexes": phase_indexes,
 }
 
 

@@ -158,7 +158,8 @@ if scale:
     print("|---|---:|---|")
     for r in scale:
         if "probes" in r:
-            figure = (f"longest {r['max_ms']} ms, p99 {r['p99_ms']} ms, median {r['median_ms']} ms "
+            figure = (f"longest {r['max_ms']} ms (during {r.get('max_during', '?')}), p99 {r['p99_ms']} ms, "
+                      f"median {r['median_ms']} ms "
                       f"({r['probes']:,} probes; {r['loaded_meanwhile']:,} rows loaded meanwhile)")
         elif "runs_s" in r:
             figure = f"{fmt(r['rows_per_s'])} rows/s, best of {r['runs_s']} s"
