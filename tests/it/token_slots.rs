@@ -29,6 +29,17 @@ async fn versions_shown(s: &Setup) -> Vec<Option<i32>> {
         .unwrap()
 }
 
+/// A database with FIRST loaded and token key v2 pending.
+async fn rotated() -> Setup {
+    let s = Setup::new().await;
+    s.load_lines(FIRST).await;
+    s.etl
+        .run(&["keys", "rotate", "--purpose", "token"])
+        .await
+        .json();
+    s
+}
+
 /// The token keys as a rotation leaves them: v1 active in slot a, v2 pending in slot b.
 async fn assert_v1_shown_v2_pending(s: &Setup) {
     let slots: Vec<(i32, String, Option<String>)> = sqlx::query_as(
@@ -193,12 +204,7 @@ async fn rows_from_before_piivault_keep_their_masked_values_across_a_switch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_analysts_open_transaction_and_a_writer_neither_wait_for_the_switch_nor_hold_it() {
-    let s = Setup::new().await;
-    s.load_lines(FIRST).await;
-    s.etl
-        .run(&["keys", "rotate", "--purpose", "token"])
-        .await
-        .json();
+    let s = rotated().await;
     // An analyst's transaction that has read the view and stays open.
     let (_analyst, analyst_url) = s.login("piivault_analyst").await;
     let analyst = PgPool::connect(&analyst_url).await.unwrap();
@@ -347,12 +353,7 @@ async fn a_rotation_waiting_for_a_long_batch_never_holds_other_writers_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rewriting_the_key_table_does_not_scan_the_analysts_rows() {
-    let s = Setup::new().await;
-    s.load_lines(FIRST).await;
-    s.etl
-        .run(&["keys", "rotate", "--purpose", "token"])
-        .await
-        .json();
+    let s = rotated().await;
     // retire and rewrap rewrite the key table under an ACCESS EXCLUSIVE lock every writer's
     // key check waits for: putting the keys back must not scan etl.logins meanwhile.
     let mut tx = s.db.pool.begin().await.unwrap();
