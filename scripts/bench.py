@@ -29,6 +29,11 @@ under live load: the key jobs' rates and the longest writer stall (see phase_sca
 scale-queries and scale-rotation phases (only when named) run the scale phase's reads, or its
 rotation, again on the table it left.
 
+BENCH_PG=sized runs every phase on a Postgres cluster of the benchmark's own (initdb'd once into
+target/bench/pg, started on BENCH_PG_PORT (5499) for the run and stopped after it) with a
+production server's memory and checkpoint settings for this machine (see sized_settings) instead
+of the shared stack's Debian defaults; the scale figures in the README come from it.
+
 BENCH_PHASES picks phases (default: "backfill keys reveal audit sqs model micro status indexes"; "scale"
 only when named); they run in that order. Rows go to target/bench/results.jsonl; scripts/bench_report.py then prints
 markdown tables, checks the goals and writes target/bench/results.json.
@@ -70,6 +75,10 @@ PHASES = ("backfill", "keys", "reveal", "audit", "sqs", "model", "micro", "statu
 # The phases a plain run runs; scale (over an hour at 10 M events) and scale-queries and
 # scale-rotation (on the table scale left) only when named.
 DEFAULT_PHASES = PHASES[:-3]
+# BENCH_PG=sized: a cluster of the benchmark's own (the shared one is never reconfigured), its data
+# kept in SIZED_DIR between runs so scale-queries and scale-rotation find the table scale left.
+SIZED_DIR = OUT / "pg"
+SIZED_PORT = int(os.environ.get("BENCH_PG_PORT") or 5499)
 STATUS_ADDR = "127.0.0.1:19090"
 REVEAL_USER = "bench-reveal-user"
 SHARED_DEVICE = "bench-shared-device"
@@ -105,7 +114,8 @@ class Config:
     round: int
     scale: int
     copy_runs: int
-    admin_url: str  # PIIVAULT_PG_ADMIN_URL: creates and drops the bench databases
+    admin_url: str  # creates and drops the bench databases (PIIVAULT_PG_ADMIN_URL, or the sized cluster's)
+    pg: str  # BENCH_PG: "shared" or "sized"
     file_kek: str  # file:$PIIVAULT_DEV_KEK
     kms_kek: str  # kms:$PIIVAULT_DEV_KMS_ALIAS
 
@@ -126,6 +136,10 @@ def config() -> Config:
             sys.exit(f"bench: {name}={raw!r} is not a positive whole number")
         return int(raw)
 
+    pg = os.environ.get("BENCH_PG") or "shared"
+    if pg not in ("shared", "sized"):
+        sys.exit(f"bench: BENCH_PG={pg!r}: shared (the stack's Postgres, the default) or sized "
+                 "(a cluster of the benchmark's own, sized like a production server)")
     phases = tuple((os.environ.get("BENCH_PHASES") or " ".join(DEFAULT_PHASES)).split())
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
@@ -143,7 +157,9 @@ def config() -> Config:
         round=size("BENCH_ROUND", 2_000),
         scale=size("BENCH_SCALE", 10_000_000),
         copy_runs=size("BENCH_COPY_RUNS", 3),
-        admin_url=required("PIIVAULT_PG_ADMIN_URL"),
+        admin_url=(required("PIIVAULT_PG_ADMIN_URL") if pg == "shared"
+                   else f"postgres://postgres@127.0.0.1:{SIZED_PORT}/postgres"),
+        pg=pg,
         file_kek=f"file:{required('PIIVAULT_DEV_KEK')}",
         kms_kek=f"kms:{required('PIIVAULT_DEV_KMS_ALIAS')}",
     )
@@ -1039,6 +1055,56 @@ class Loader:
         return self.loaded
 
 
+def sized_settings() -> dict[str, str]:
+    """What a production server of this machine's size would run with, instead of Debian's
+    defaults (shared_buffers 128 MB, max_wal_size 1 GB: at 10 M rows every key job then waits
+    on reads of evicted index pages and on checkpoints forced every few seconds). Durability is
+    kept: fsync and synchronous_commit stay on."""
+    ram_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    return {
+        "shared_buffers": f"{min(ram_mib // 4, 8192)}MB",
+        "effective_cache_size": f"{ram_mib // 2}MB",
+        "maintenance_work_mem": f"{min(ram_mib // 16, 2048)}MB",
+        "max_wal_size": "16GB",
+        "min_wal_size": "2GB",
+        "checkpoint_timeout": "15min",
+        "checkpoint_completion_target": "0.9",
+        "wal_buffers": "64MB",
+        "random_page_cost": "1.1",  # SSD
+    }
+
+
+def postgres_bin() -> Path:
+    """The newest server binaries Debian installed (scripts/stack.sh up installs them)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if not versions:
+        raise StepFailed("sized cluster", "no Postgres server binaries in /usr/lib/postgresql: "
+                         "run `scripts/stack.sh up`")
+    return versions[-1].parent
+
+
+def start_sized_cluster() -> None:
+    """initdb (first time only) and start the BENCH_PG=sized cluster on 127.0.0.1:SIZED_PORT."""
+    bin_dir = postgres_bin()
+    data = (ROOT / SIZED_DIR).resolve()
+    if not (data / "PG_VERSION").exists():
+        run("sized cluster: initdb", [bin_dir / "initdb", "-D", data, "-U", "postgres",
+                                      "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"])
+    options = " ".join(f"-c {k}={v}" for k, v in sized_settings().items())
+    options += f" -c port={SIZED_PORT} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data}"
+    print(f"bench: sized cluster settings: {options}", file=sys.stderr, flush=True)
+    run("sized cluster: start", [bin_dir / "pg_ctl", "-D", data, "-l", data / "server.log", "-w",
+                                 "-t", "120", "-o", options, "start"])
+
+
+def stop_sized_cluster() -> None:
+    data = (ROOT / SIZED_DIR).resolve()
+    if (data / "postmaster.pid").exists():
+        run("sized cluster: stop", [postgres_bin() / "pg_ctl", "-D", data, "-m", "fast", "-w",
+                                    "-t", "300", "stop"], check=False)
+
+
 PHASE_FUNCTIONS = {
     "backfill": phase_backfill, "keys": phase_keys, "reveal": phase_reveal, "audit": phase_audit,
     "sqs": phase_sqs, "model": phase_model, "micro": phase_micro, "status": phase_status,
@@ -1058,6 +1124,8 @@ def main() -> None:
     RESULTS.write_text("")
     try:
         run("stack up", ["bash", "scripts/stack.sh", "up"])
+        if cfg.pg == "sized":
+            start_sized_cluster()
         run("build etl", ["cargo", "build", "--release", "--locked", "--quiet"])
         run("build the benches", ["cargo", "bench", "--locked", "--no-run", "--quiet",
                                   "--bench", "pipeline", "--bench", "micro"])
@@ -1070,6 +1138,9 @@ def main() -> None:
         sys.exit(str(e))
     except KeyboardInterrupt:
         sys.exit("bench: interrupted")
+    finally:
+        if cfg.pg == "sized":
+            stop_sized_cluster()
 
 
 if __name__ == "__main__":
