@@ -1084,24 +1084,33 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
+def pg_tool(name: str) -> list:
+    """A server tool's command line: as the postgres user when the bench runs as root (which
+    initdb and postgres refuse)."""
+    tool = postgres_bin() / name
+    return ["runuser", "-u", "postgres", "--", tool] if os.geteuid() == 0 else [tool]
+
+
 def start_sized_cluster() -> None:
     """initdb (first time only) and start the BENCH_PG=sized cluster on 127.0.0.1:SIZED_PORT."""
-    bin_dir = postgres_bin()
     data = (ROOT / SIZED_DIR).resolve()
     if not (data / "PG_VERSION").exists():
-        run("sized cluster: initdb", [bin_dir / "initdb", "-D", data, "-U", "postgres",
+        data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            run("sized cluster: chown", ["chown", "postgres:postgres", data])
+        run("sized cluster: initdb", [*pg_tool("initdb"), "-D", data, "-U", "postgres",
                                       "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"])
     options = " ".join(f"-c {k}={v}" for k, v in sized_settings().items())
     options += f" -c port={SIZED_PORT} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data}"
     print(f"bench: sized cluster settings: {options}", file=sys.stderr, flush=True)
-    run("sized cluster: start", [bin_dir / "pg_ctl", "-D", data, "-l", data / "server.log", "-w",
+    run("sized cluster: start", [*pg_tool("pg_ctl"), "-D", data, "-l", data / "server.log", "-w",
                                  "-t", "120", "-o", options, "start"])
 
 
 def stop_sized_cluster() -> None:
     data = (ROOT / SIZED_DIR).resolve()
     if (data / "postmaster.pid").exists():
-        run("sized cluster: stop", [postgres_bin() / "pg_ctl", "-D", data, "-m", "fast", "-w",
+        run("sized cluster: stop", [*pg_tool("pg_ctl"), "-D", data, "-m", "fast", "-w",
                                     "-t", "300", "stop"], check=False)
 
 
