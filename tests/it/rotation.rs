@@ -515,6 +515,7 @@ async fn reencrypt_killed_midway_completes_on_rerun() {
     };
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
+    s.db.wait_for_etl_sessions_to_end().await;
     let after_kill =
         s.db.count("SELECT count(*) FROM vault.login_pii WHERE key_version = 2")
             .await;
@@ -823,6 +824,7 @@ async fn retokenize_killed_while_filling_leaves_analysts_untouched_and_resumes()
     }
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+    s.db.wait_for_etl_sessions_to_end().await;
     let filled = s.db.count(FILLED).await;
     let total = s.db.count("SELECT count(*) FROM user_logins").await;
     assert!(filled < total, "killed while filling: {filled} of {total}");

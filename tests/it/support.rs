@@ -196,6 +196,25 @@ impl TestDb {
         }
     }
 
+    /// Waits (10 s at most) until no `etl` session is left on this database. A killed `etl`
+    /// may have sent a COMMIT its backend is still carrying out; counting before that backend is
+    /// gone would miss the batch it commits.
+    pub async fn wait_for_etl_sessions_to_end(&self) {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+             AND application_name = 'piivault-etl'",
+            self.name
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while self.count(&sql).await > 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "a killed etl's session outlived 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
